@@ -9,9 +9,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from orchestrator.errors import SagaError
+
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./saga.db"
 DEFAULT_AMQP_URL = "amqp://guest:guest@localhost:5672/"
 DEFAULT_DEFINITIONS = "./sagas"
+
+
+class SettingsError(SagaError):
+    """An environment variable holds a value the orchestrator cannot use."""
 
 
 @dataclass(frozen=True)
@@ -21,6 +27,10 @@ class Settings:
     database_url: str = DEFAULT_DATABASE_URL
     amqp_url: str = DEFAULT_AMQP_URL
     definitions_dir: Path = Path(DEFAULT_DEFINITIONS)
+    prefetch: int = 100
+    """Deliveries in hand per consumer (bounded: the broker holds the rest)."""
+    max_message_bytes: int = 256 * 1024
+    """Bodies larger than this are dead-lettered before parsing."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
@@ -29,4 +39,19 @@ class Settings:
             database_url=environ.get("SAGA_DATABASE_URL", DEFAULT_DATABASE_URL),
             amqp_url=environ.get("SAGA_AMQP_URL", DEFAULT_AMQP_URL),
             definitions_dir=Path(environ.get("SAGA_DEFINITIONS", DEFAULT_DEFINITIONS)),
+            prefetch=_int(environ, "SAGA_PREFETCH", cls.prefetch),
+            max_message_bytes=_int(environ, "SAGA_MAX_MESSAGE_BYTES", cls.max_message_bytes),
         )
+
+
+def _int(environ: Mapping[str, str], name: str, default: int) -> int:
+    raw = environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a whole number, not {raw!r}") from None
+    if value <= 0:
+        raise SettingsError(f"{name} must be positive, not {value}")
+    return value

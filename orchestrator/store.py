@@ -16,6 +16,7 @@ from typing import Protocol
 
 from orchestrator.core.effects import Record
 from orchestrator.core.state import JSON, DeadlinePurpose, Kind, SagaState, SagaStatus
+from orchestrator.errors import SagaError
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,7 @@ class DueTimer:
     at: datetime
 
 
-class StoreError(Exception):
+class StoreError(SagaError):
     """Root of the store's errors; driver exceptions are translated into these."""
 
 
@@ -102,7 +103,7 @@ class StoreUnavailable(StoreError):
 
 
 class SchemaNotReady(StoreError):
-    """The database has not been migrated to the version this code needs (run ``saga db upgrade``)."""
+    """The database is not at the schema version this code needs (``saga db upgrade``)."""
 
 
 class UnitOfWork(Protocol):
@@ -170,7 +171,9 @@ class Store(Protocol):
         """The saga's history, oldest first."""
         ...
 
-    async def unsent(self, limit: int, *, older_than: datetime | None = None) -> list[OutboxMessage]:
+    async def unsent(
+        self, limit: int, *, older_than: datetime | None = None
+    ) -> list[OutboxMessage]:
         """Outbox rows not yet confirmed by the broker, oldest first."""
         ...
 

@@ -1,0 +1,115 @@
+"""``saga orchestrator run`` and ``saga participant run``: the long-lived services."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from orchestrator.definitions.errors import DefinitionInvalid
+from orchestrator.definitions.registry import DefinitionRegistry
+from orchestrator.errors import SagaError
+from orchestrator.lifecycle import configure_logging, serve
+from orchestrator.service import OrchestratorService
+from orchestrator.settings import Settings
+from orchestrator.stores.engine import create_engine
+from orchestrator.stores.sql import SqlStore
+from orchestrator.transports.amqp import AmqpTransport
+from participants.app import Participant
+from participants.errors import ParticipantLoadError
+from participants.runtime import ParticipantService, ParticipantSettings
+
+
+@click.group()
+def orchestrator() -> None:
+    """Run the orchestrator service."""
+
+
+@orchestrator.command("run")
+@click.option(
+    "--definitions",
+    "definitions_dir",
+    type=click.Path(path_type=Path),
+    help="Folder of YAML saga definitions (default: $SAGA_DEFINITIONS or ./sagas).",
+)
+def run_orchestrator(definitions_dir: Path | None) -> None:
+    """Consume start requests and replies until SIGTERM."""
+    settings = Settings.from_env(os.environ)
+    if definitions_dir is not None:
+        settings = Settings(**{**settings.__dict__, "definitions_dir": definitions_dir})
+    configure_logging()
+    registry = _load_registry(settings.definitions_dir)
+    asyncio.run(_run_orchestrator(settings, registry))
+
+
+def _load_registry(folder: Path) -> DefinitionRegistry:
+    if not folder.is_dir():
+        raise SagaError(f"the definitions folder {folder} does not exist")
+    try:
+        return DefinitionRegistry.load_dir(folder)
+    except DefinitionInvalid as exc:
+        for error in exc.errors:
+            click.echo(str(error), err=True)
+        raise SagaError(
+            f"refusing to start: {len(exc.errors)} error(s) in the saga definitions"
+        ) from None
+
+
+async def _run_orchestrator(settings: Settings, registry: DefinitionRegistry) -> None:
+    store = await SqlStore.connect(settings.database_url)
+    transport = AmqpTransport(settings.amqp_url, name="saga-orchestrator")
+    try:
+        await transport.connect()
+    except SagaError:
+        await store.close()
+        raise
+    service = OrchestratorService(settings, registry, store, transport)
+    await serve(service.start, service.stop)
+
+
+@click.group()
+def participant() -> None:
+    """Run a participant service."""
+
+
+@participant.command("run")
+@click.argument("target", metavar="MODULE:ATTR")
+def run_participant(target: str) -> None:
+    """Run the Participant found at MODULE:ATTR (e.g. myservice.app:inventory)."""
+    app = load_participant(target)
+    settings = ParticipantSettings.from_env(app.name, os.environ)
+    configure_logging()
+    asyncio.run(_run_participant(app, settings))
+
+
+def load_participant(target: str) -> Participant:
+    """Import MODULE and return its Participant ATTR, with a sentence on any mistake."""
+    module_name, sep, attr = target.partition(":")
+    if not sep or not module_name or not attr:
+        raise ParticipantLoadError(
+            f"expected MODULE:ATTR (like myservice.app:inventory), got {target!r}"
+        )
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        raise ParticipantLoadError(f"cannot import module {module_name!r}: {exc}") from None
+    value = getattr(module, attr, None)
+    if not isinstance(value, Participant):
+        raise ParticipantLoadError(
+            f"{module_name}:{attr} is not a Participant (found {type(value).__name__})"
+        )
+    return value
+
+
+async def _run_participant(app: Participant, settings: ParticipantSettings) -> None:
+    engine = create_engine(settings.database_url)
+    transport = AmqpTransport(settings.amqp_url, name=f"saga-participant-{app.name}")
+    await transport.connect()
+    service = ParticipantService(app, settings, engine, transport)
+    await serve(service.start, service.stop)

@@ -1,0 +1,136 @@
+"""The outbox relay: publishes committed outbox rows and marks them sent once confirmed.
+
+Rows are published right after the transaction that wrote them commits (``submit``),
+so the hot path has no polling delay. A periodic sweep publishes whatever is left
+(a crash between commit and confirm, a broker outage), oldest first. A row is marked
+sent only after the broker confirmed it, so a crash at any point means "publish
+again", never "lost"; receivers dedupe by message id and idempotency key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
+
+from orchestrator.store import OutboxMessage, Store, StoreError
+from orchestrator.transport import PublishFailed, Transport, Unroutable
+
+log = logging.getLogger(__name__)
+
+START_REPLY_TYPE = "saga.start_reply"
+"""A starter's reply queue is exclusive to it: if it is gone, so is the starter."""
+
+
+class OutboxRelay:
+    """Publishes outbox rows (see the module docstring)."""
+
+    def __init__(
+        self,
+        store: Store,
+        transport: Transport,
+        clock: Callable[[], datetime],
+        *,
+        sweep_interval: float = 1.0,
+        sweep_grace: timedelta = timedelta(seconds=5),
+        batch: int = 500,
+    ) -> None:
+        self._store = store
+        self._transport = transport
+        self._clock = clock
+        self._sweep_interval = sweep_interval
+        self._sweep_grace = sweep_grace
+        self._batch = batch
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._stopped = asyncio.Event()
+        self.published = 0
+        self.unroutable = 0
+
+    def submit(self, messages: Sequence[OutboxMessage]) -> None:
+        """Publish freshly committed rows now, in the background."""
+        if not messages:
+            return
+        task = asyncio.get_running_loop().create_task(self._publish_batch(list(messages)))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _publish_batch(self, messages: list[OutboxMessage]) -> None:
+        await self.publish(messages)
+
+    async def publish(self, messages: Sequence[OutboxMessage]) -> int:
+        """Publish rows concurrently; mark the confirmed ones sent. Returns how many were."""
+        results = await asyncio.gather(*(self._publish_one(m) for m in messages))
+        sent = [m.id for m, ok in zip(messages, results, strict=True) if ok and m.id is not None]
+        if sent:
+            try:
+                await self._store.mark_sent(sent, self._clock())
+            except StoreError:
+                # They were confirmed; the sweep will send them again (a duplicate, which
+                # receivers drop) once the database is back.
+                log.warning("could not mark %d outbox rows sent", len(sent), exc_info=True)
+                return 0
+        self.published += len(sent)
+        return len(sent)
+
+    async def _publish_one(self, message: OutboxMessage) -> bool:
+        try:
+            await self._transport.publish(
+                exchange=message.exchange,
+                routing_key=message.routing_key,
+                body=message.body,
+                message_id=message.message_id,
+                headers=message.headers,
+                content_type=message.content_type,
+                correlation_id=message.correlation_id,
+                reply_to=message.reply_to,
+                type=message.type,
+            )
+        except Unroutable as exc:
+            if message.type == START_REPLY_TYPE:
+                log.info("starter of %s is gone; its reply is dropped", message.saga_id)
+                return True
+            self.unroutable += 1
+            log.error(
+                "outbox message %s is unroutable and stays unsent: %s", message.message_id, exc
+            )
+            return False
+        except PublishFailed as exc:
+            log.warning("outbox message %s not confirmed, will retry: %s", message.message_id, exc)
+            return False
+        return True
+
+    async def sweep(self, *, everything: bool = False) -> int:
+        """Publish unsent rows older than the grace period (all of them with ``everything``)."""
+        total = 0
+        while True:
+            older_than = None if everything else self._clock() - self._sweep_grace
+            rows = await self._store.unsent(self._batch, older_than=older_than)
+            if not rows:
+                return total
+            sent = await self.publish(rows)
+            total += sent
+            if sent < len(rows):
+                return total  # the broker is not taking them now; try on the next sweep
+
+    async def run(self) -> None:
+        """Sweep everything once, then periodically until :meth:`stop`."""
+        first = True
+        while not self._stopped.is_set():
+            try:
+                await self.sweep(everything=first)
+                first = False
+            except StoreError:
+                log.warning("outbox sweep failed; retrying", exc_info=True)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopped.wait(), self._sweep_interval)
+
+    async def flush(self) -> None:
+        """Wait for the publishes in flight."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    def stop(self) -> None:
+        """Make :meth:`run` return after its current sweep."""
+        self._stopped.set()

@@ -1,0 +1,139 @@
+"""The orchestrator service: consumers for start requests and replies, the outbox relay and
+the timer loop, wired around one :class:`~orchestrator.engine.Engine`.
+
+Every delivery is decoded after a byte cap; what cannot be decoded is dead-lettered with
+its reason (never requeued forever). A decoded message is acknowledged only after the
+engine's transaction committed. While the database is unreachable the message in hand
+waits and is retried, rather than being requeued (which would count against the
+queue's delivery limit and dead-letter good messages during an outage).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+
+from contracts import MessageRejected, StartRequest, StepReply, decode
+from orchestrator.definitions.registry import DefinitionRegistry
+from orchestrator.engine import Engine, utc_now
+from orchestrator.outbox import OutboxRelay
+from orchestrator.settings import Settings
+from orchestrator.store import StaleVersion, Store, StoreUnavailable
+from orchestrator.timers import TimerLoop
+from orchestrator.topology import REPLY_QUEUE, START_QUEUE, orchestrator_topology
+from orchestrator.transport import Delivery, Subscription, Transport
+
+log = logging.getLogger(__name__)
+
+
+class OrchestratorService:
+    """One orchestrator process (several may run against one PostgreSQL database)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        registry: DefinitionRegistry,
+        store: Store,
+        transport: Transport,
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.store = store
+        self.transport = transport
+        self.relay = OutboxRelay(store, transport, utc_now)
+        self.engine = Engine(store, registry, on_commit=self.relay.submit)
+        self.timers = TimerLoop(self.engine)
+        self._subscriptions: list[Subscription] = []
+        self._background: list[asyncio.Task[None]] = []
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._stopping = asyncio.Event()
+
+    async def start(self) -> None:
+        """Check the schema, declare the topology, start the loops, then consume."""
+        await self.store.check_schema()
+        await self.transport.declare(orchestrator_topology(self.registry.participants()))
+        self._background = [
+            asyncio.create_task(self.relay.run(), name="outbox-relay"),
+            asyncio.create_task(self.timers.run(), name="timers"),
+        ]
+        prefetch = self.settings.prefetch
+        self._subscriptions = [
+            await self.transport.consume(START_QUEUE, self._on_start, prefetch=prefetch),
+            await self.transport.consume(REPLY_QUEUE, self._on_reply, prefetch=prefetch),
+        ]
+        log.info(
+            "orchestrator running: %d saga definitions, consuming %s and %s",
+            len(list(self.registry)),
+            START_QUEUE,
+            REPLY_QUEUE,
+        )
+
+    async def stop(self) -> None:
+        """Stop consuming, finish the messages in hand, flush the outbox, close."""
+        self._stopping.set()
+        for subscription in self._subscriptions:
+            await subscription.cancel()
+        await self._idle.wait()
+        self.timers.stop()
+        self.relay.stop()
+        for task in self._background:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.relay.flush()
+        await self.transport.close()
+        await self.store.close()
+        log.info("orchestrator stopped")
+
+    # -- consumers --------------------------------------------------------------
+
+    async def _on_start(self, delivery: Delivery) -> None:
+        async def apply() -> None:
+            request = decode(delivery.body, delivery.headers, expect=StartRequest, max_bytes=cap)
+            await self._with_store_retry(
+                lambda: self.engine.start(request, reply_to=delivery.reply_to)
+            )
+
+        cap = self.settings.max_message_bytes
+        await self._handle(delivery, apply)
+
+    async def _on_reply(self, delivery: Delivery) -> None:
+        async def apply() -> None:
+            reply = decode(delivery.body, delivery.headers, expect=StepReply, max_bytes=cap)
+            await self._with_store_retry(lambda: self.engine.on_reply(reply))
+
+        cap = self.settings.max_message_bytes
+        await self._handle(delivery, apply)
+
+    async def _handle(self, delivery: Delivery, apply: Callable[[], Awaitable[None]]) -> None:
+        """Decode and apply one delivery, then ack; dead-letter what cannot be decoded."""
+        self._in_flight += 1
+        self._idle.clear()
+        try:
+            try:
+                await apply()
+            except MessageRejected as exc:
+                log.warning("dead-lettering a message from %s: %s", delivery.queue, exc)
+                await delivery.dead_letter(str(exc))
+                return
+            await delivery.ack()
+        finally:
+            self._in_flight -= 1
+            if self._in_flight == 0:
+                self._idle.set()
+
+    async def _with_store_retry(self, action: Callable[[], Awaitable[object]]) -> None:
+        delay = 0.1
+        while True:
+            try:
+                await action()
+                return
+            except StaleVersion:
+                continue  # another transaction moved the saga first: decide again on the new state
+            except StoreUnavailable as exc:
+                log.warning("database unavailable (%s); retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)

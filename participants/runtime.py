@@ -1,0 +1,280 @@
+"""Running a :class:`~participants.app.Participant`: consume its queue, run handlers through
+the inbox, reply, then ack.
+
+Per delivery: decode after a byte cap (bad input is dead-lettered with its reason);
+a command with no handler is dead-lettered (a deployment mistake: deploy the handler,
+then replay); otherwise one database transaction claims the key in the inbox, runs
+the handler with a session in that transaction and stores the outcome. Only after the
+commit is the reply published (with a confirm), and only after that is the command
+acked. A crash anywhere means a redelivery that the inbox answers from the stored
+outcome, without running the handler again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+
+from contracts import MessageRejected, StepCommand, StepReply, decode, encode
+from orchestrator.topology import REPLY_QUEUE, participant_queue, participant_topology
+from orchestrator.transport import Delivery, PublishFailed, Subscription, Transport
+from participants import inbox
+from participants.app import CommandHandler, Participant
+from participants.context import StepContext
+from participants.errors import PermanentError, StepError
+
+log = logging.getLogger("participants")
+
+CANCELLED_CODE = "cancelled"
+
+
+@dataclass(frozen=True)
+class ParticipantSettings:
+    """How a participant process connects; built from the environment at the entry point."""
+
+    amqp_url: str
+    database_url: str
+    prefetch: int = 20
+    grace_seconds: float = 30.0
+    max_message_bytes: int = 256 * 1024
+
+    @classmethod
+    def from_env(cls, name: str, environ: Mapping[str, str]) -> ParticipantSettings:
+        """``SAGA_AMQP_URL`` and ``SAGA_PARTICIPANT_DATABASE_URL`` (SQLite file by default)."""
+        return cls(
+            amqp_url=environ.get("SAGA_AMQP_URL", "amqp://guest:guest@localhost:5672/"),
+            database_url=environ.get(
+                "SAGA_PARTICIPANT_DATABASE_URL", f"sqlite+aiosqlite:///./{name}.db"
+            ),
+        )
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    reply: StepReply
+    ran_handler: bool
+
+
+class ParticipantService:
+    """One participant process: see the module docstring."""
+
+    def __init__(
+        self,
+        participant: Participant,
+        settings: ParticipantSettings,
+        engine: AsyncEngine,
+        transport: Transport,
+    ) -> None:
+        self.participant = participant
+        self.settings = settings
+        self.engine = engine
+        self.transport = transport
+        self._subscription: Subscription | None = None
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.handler_runs = 0
+        """Handlers actually run (answers from the inbox do not count)."""
+        self.inbox_answers = 0
+        """Commands answered from the inbox without running the handler."""
+
+    async def start(self) -> None:
+        """Create the inbox table, declare the queues, start consuming."""
+        await inbox.create_tables(self.engine)
+        if self.participant.metadata is not None:
+            metadata = self.participant.metadata
+            async with self.engine.begin() as conn:
+                await conn.run_sync(metadata.create_all, checkfirst=True)
+        await self.transport.declare(participant_topology(self.participant.name))
+        self._subscription = await self.transport.consume(
+            participant_queue(self.participant.name), self.handle, prefetch=self.settings.prefetch
+        )
+        log.info(
+            "participant %s running: commands %s",
+            self.participant.name,
+            ", ".join(self.participant.commands) or "(none)",
+        )
+
+    async def stop(self) -> None:
+        """Stop consuming; let handlers in flight finish (up to the grace period); close."""
+        if self._subscription is not None:
+            await self._subscription.cancel()
+        try:
+            await asyncio.wait_for(self._idle.wait(), self.settings.grace_seconds)
+        except TimeoutError:
+            log.warning("handlers still running after the grace period; they will be redelivered")
+        await self.transport.close()
+        await self.engine.dispose()
+
+    async def handle(self, delivery: Delivery) -> None:
+        """Handle one delivery from the participant's queue."""
+        self._in_flight += 1
+        self._idle.clear()
+        try:
+            await self._handle(delivery)
+        finally:
+            self._in_flight -= 1
+            if self._in_flight == 0:
+                self._idle.set()
+
+    async def _handle(self, delivery: Delivery) -> None:
+        try:
+            command = decode(
+                delivery.body,
+                delivery.headers,
+                expect=StepCommand,
+                max_bytes=self.settings.max_message_bytes,
+            )
+        except MessageRejected as exc:
+            log.warning("dead-lettering a message from %s: %s", delivery.queue, exc)
+            await delivery.dead_letter(str(exc))
+            return
+        assert isinstance(command, StepCommand)
+        handler = self.participant.handler(command.command)
+        if handler is None:
+            reason = f"no handler for command '{command.command}'"
+            log.error("%s (saga %s, step %s)", reason, command.saga_id, command.step)
+            await delivery.dead_letter(reason)
+            return
+        outcome = await self._run(command, handler)
+        if outcome.ran_handler:
+            self.handler_runs += 1
+        else:
+            self.inbox_answers += 1
+        if await self._reply(outcome.reply, delivery.reply_to or REPLY_QUEUE):
+            await delivery.ack()
+        else:
+            await delivery.requeue()
+
+    async def _run(self, command: StepCommand, handler: CommandHandler) -> _Outcome:
+        key = command.idempotency_key
+        logger = logging.LoggerAdapter(
+            log,
+            {
+                "saga_id": command.saga_id,
+                "step": command.step,
+                "kind": command.kind,
+                "idempotency_key": key,
+            },
+        )
+        try:
+            async with self.engine.connect() as conn:
+                await conn.begin()
+                if command.kind == "compensation" and command.action_key:
+                    await inbox.cancel_action(
+                        conn,
+                        action_key=command.action_key,
+                        saga_id=command.saga_id,
+                        step=command.step,
+                    )
+                existing = await inbox.claim(
+                    conn, key=key, saga_id=command.saga_id, step=command.step, kind=command.kind
+                )
+                if existing is not None:
+                    await conn.commit()
+                    return _Outcome(_stored_reply(command, existing), ran_handler=False)
+                session = AsyncSession(bind=conn, join_transaction_mode="create_savepoint")
+                context = StepContext(
+                    saga_id=command.saga_id,
+                    saga_name=command.saga_name,
+                    step=command.step,
+                    kind=command.kind,
+                    attempt=command.attempt,
+                    idempotency_key=key,
+                    action_key=command.action_key,
+                    session=session,
+                    log=logger,
+                )
+                try:
+                    payload = handler.parse(command.payload)
+                    value = await handler.func(payload, context)
+                    result = CommandHandler.result(value)
+                    await session.commit()
+                except PermanentError as exc:
+                    await session.rollback()
+                    await inbox.finish(
+                        conn,
+                        key=key,
+                        status=inbox.InboxStatus.FAILED,
+                        error_code=exc.code,
+                        error_message=exc.message,
+                    )
+                    await conn.commit()
+                    reply = _failure(command, exc.code, exc.message, False)
+                    return _Outcome(reply, ran_handler=True)
+                finally:
+                    await session.close()
+                await inbox.finish(conn, key=key, status=inbox.InboxStatus.SUCCEEDED, result=result)
+                await conn.commit()
+                return _Outcome(_success(command, result), ran_handler=True)
+        except StepError as exc:
+            logger.info("handler failed, retryable: %s", exc)
+            return _Outcome(_failure(command, exc.code, exc.message, True), True)
+        except Exception as exc:
+            logger.exception("handler raised; answering with a retryable failure")
+            message = f"{type(exc).__name__}: {exc}"[:4000]
+            return _Outcome(_failure(command, "handler_error", message, True), True)
+
+    async def _reply(self, reply: StepReply, reply_to: str) -> bool:
+        wire = encode(reply)
+        delay = 0.2
+        for _ in range(8):
+            try:
+                await self.transport.publish(
+                    exchange="",
+                    routing_key=reply_to,
+                    body=wire.body,
+                    message_id=wire.message_id,
+                    headers=wire.headers,
+                    content_type=wire.content_type,
+                    correlation_id=wire.correlation_id,
+                    type=wire.type,
+                )
+                return True
+            except PublishFailed as exc:
+                log.warning("reply %s not confirmed (%s); retrying", wire.message_id, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        return False
+
+
+def _reply_id(command: StepCommand) -> str:
+    """One reply id per command message: a reply re-sent after a crash is the same message,
+    so the orchestrator drops the copy by its id."""
+    candidate = f"reply-{command.message_id}"
+    if len(candidate) <= 200:
+        return candidate
+    return "reply-" + hashlib.sha256(command.message_id.encode()).hexdigest()
+
+
+def _success(command: StepCommand, result: Mapping[str, Any]) -> StepReply:
+    return StepReply.success(command, result, message_id=_reply_id(command), trace=command.trace)
+
+
+def _failure(command: StepCommand, code: str, message: str, retryable: bool) -> StepReply:
+    return StepReply.failure(
+        command, code, message, retryable, message_id=_reply_id(command), trace=command.trace
+    )
+
+
+def _stored_reply(command: StepCommand, row: sa.Row[Any]) -> StepReply:
+    status = inbox.InboxStatus(row.status)
+    if status is inbox.InboxStatus.SUCCEEDED:
+        return _success(command, row.result or {})
+    if status is inbox.InboxStatus.CANCELLED:
+        return _failure(
+            command,
+            CANCELLED_CODE,
+            "a compensation for this step ran first; the action will not run",
+            False,
+        )
+    return _failure(
+        command, row.error_code or "failed", row.error_message or "failed for good", False
+    )
