@@ -8,8 +8,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from rich.console import Console
-from rich.table import Table
+import click
 
 from orchestrator.core.state import JSON, ErrorInfo, StepState
 from orchestrator.definitions.schema import redact, secret_paths
@@ -95,58 +94,79 @@ def _compact(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), default=str)
 
 
-def print_status(console: Console, record: SagaRecord) -> None:
+def print_status(record: SagaRecord) -> None:
     """``saga status`` for people."""
     data = status_json(record)
-    console.print(
-        f"[bold]{data['id']}[/bold]  {data['name']} v{data['version']}  "
-        f"[bold]{data['state']}[/bold]"
+    click.echo(f"{data['id']}  {data['name']} v{data['version']}  {data['state']}")
+    click.echo(
+        f"  created {_short_time(data['created_at'])}  updated {_short_time(data['updated_at'])}"
     )
-    console.print(f"created {data['created_at']}  updated {data['updated_at']}")
-    console.print(f"input   {_compact(data['input'])}")
+    click.echo(f"  input   {_compact(data['input'])}")
     if data["output"] is not None:
-        console.print(f"output  {_compact(data['output'])}")
+        click.echo(f"  output  {_compact(data['output'])}")
     if data["error"] is not None:
-        console.print(f"error   {_compact(data['error'])}")
-    table = Table("step", "state", "attempts", "result / error", "compensation")
+        click.echo(f"  error   {_describe_error(data['error'])}")
+    width = max(len(step["name"]) for step in data["steps"])
+    click.echo("  steps")
     for step in data["steps"]:
-        outcome = step["error"] if step["error"] is not None else step["result"]
+        if step["error"] is not None:
+            outcome = _describe_error(step["error"])
+        else:
+            outcome = "" if step["result"] is None else _compact(step["result"])
+        click.echo(
+            f"    {step['name']:<{width}}  {step['state']:<12}  "
+            f"{_attempts(step['attempts']):<11} {outcome}".rstrip()
+        )
         compensation = step["compensation"]
-        comp = (
-            ""
-            if compensation is None
-            else f"{compensation['state']} ({compensation['attempts']} attempts)"
+        if compensation is not None:
+            error = compensation["error"]
+            detail = _describe_error(error) if error is not None else ""
+            click.echo(
+                f"    {'':<{width}}  compensation {compensation['state']}, "
+                f"{_attempts(compensation['attempts'])} {detail}".rstrip()
+            )
+
+
+def _attempts(count: int) -> str:
+    return f"{count} attempt" + ("" if count == 1 else "s")
+
+
+def _describe_error(error: dict[str, JSON]) -> str:
+    return f"{error.get('code')}: {error.get('message')}"
+
+
+def print_list(sagas: Sequence[SagaSummary]) -> None:
+    """``saga list`` for people: one saga per line, full ids (they are meant to be copied)."""
+    rows = list_json(sagas)
+    if not rows:
+        click.echo("no sagas")
+        return
+    name_width = max(len("name"), *(len(f"{row['name']} v{row['version']}") for row in rows))
+    click.echo(f"{'id':<36}  {'name':<{name_width}}  {'state':<12}  {'created':<19}  updated")
+    for row in rows:
+        name = f"{row['name']} v{row['version']}"
+        click.echo(
+            f"{row['id']:<36}  {name:<{name_width}}  {row['state']:<12}  "
+            f"{_short_time(row['created_at'])}  {_short_time(row['updated_at'])}"
         )
-        table.add_row(
-            step["name"],
-            step["state"],
-            str(step["attempts"]),
-            "" if outcome is None else _compact(outcome),
-            comp,
+
+
+def _short_time(value: str) -> str:
+    return value[:19].replace("T", " ")
+
+
+def print_history(entries: Sequence[HistoryEntry]) -> None:
+    """``saga history`` for people: one line per event, with the time since the start."""
+    if not entries:
+        return
+    began = entries[0].at
+    for entry in entries:
+        elapsed = (entry.at - began).total_seconds()
+        where = entry.step or ""
+        if entry.attempt is not None:
+            where += f" #{entry.attempt}"
+        detail = _compact(entry.detail) if entry.detail else ""
+        click.echo(
+            f"{entry.seq:>4}  {_short_time(iso(entry.at))}  +{elapsed:7.3f}s  "
+            f"{entry.type:<23} {where:<22} {detail}".rstrip()
         )
-    console.print(table)
-
-
-def print_list(console: Console, sagas: Sequence[SagaSummary]) -> None:
-    """``saga list`` for people."""
-    table = Table("id", "name", "version", "state", "created", "updated")
-    for row in list_json(sagas):
-        table.add_row(
-            row["id"],
-            row["name"],
-            str(row["version"]),
-            row["state"],
-            row["created_at"],
-            row["updated_at"],
-        )
-    console.print(table)
-
-
-def print_history(console: Console, entries: Sequence[HistoryEntry]) -> None:
-    """``saga history`` for people: one line per event."""
-    for row in history_json(entries):
-        where = row["step"] or ""
-        if row["attempt"] is not None:
-            where += f" #{row['attempt']}"
-        detail = _compact(row["detail"]) if row["detail"] else ""
-        console.print(f"{row['seq']:>4}  {row['at']}  {row['type']:<24} {where:<24} {detail}")

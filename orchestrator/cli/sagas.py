@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
-from rich.console import Console
 
 from contracts import StartReply
 from orchestrator.client import StartClient
@@ -260,7 +259,7 @@ def _show_status(record: SagaRecord, as_json: bool) -> None:
     if as_json:
         _echo_json(status_json(record))
     else:
-        print_status(Console(), record)
+        print_status(record)
 
 
 @click.command()
@@ -292,7 +291,7 @@ def list_sagas(state: str | None, name: str | None, limit: int, as_json: bool) -
     if as_json:
         _echo_json(list_json(sagas))
     else:
-        print_list(Console(), sagas)
+        print_list(sagas)
 
 
 @click.command()
@@ -310,4 +309,4 @@ def history(saga_id: str, as_json: bool) -> None:
     if as_json:
         _echo_json(history_json(entries))
     else:
-        print_history(Console(), entries)
+        print_history(entries)
