@@ -13,7 +13,10 @@ import click
 
 from orchestrator.cli.db import db
 from orchestrator.cli.definitions import definitions
+from orchestrator.cli.sagas import history, list_sagas, start, status
+from orchestrator.cli.services import orchestrator, participant
 from orchestrator.errors import SagaError
+from participants.errors import ParticipantError
 
 __all__ = ["cli", "main"]
 
@@ -23,14 +26,26 @@ def cli() -> None:
     """A saga orchestrator on RabbitMQ."""
 
 
-cli.add_command(db)
-cli.add_command(definitions)
+for command in (
+    db,
+    definitions,
+    orchestrator,
+    participant,
+    start,
+    status,
+    list_sagas,
+    history,
+):
+    cli.add_command(command)
 
 
 def main() -> None:
     """Entry point of the ``saga`` console script."""
     try:
-        cli.main(standalone_mode=False)
+        # Without standalone mode click returns (rather than raises) a ctx.exit() code.
+        code = cli.main(standalone_mode=False)
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.Abort:
@@ -39,6 +54,6 @@ def main() -> None:
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
-    except SagaError as exc:
+    except (SagaError, ParticipantError) as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)

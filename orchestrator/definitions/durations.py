@@ -1,4 +1,4 @@
-"""Durations as written in saga definitions and on the command line: ``250ms``, ``5s``, ``2m``, ``1h``."""
+"""Durations as written in saga definitions and on the command line: ``250ms``, ``5s``, ``1h``."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ class DurationError(ValueError):
 
 
 def parse_duration(text: str, *, plain_seconds: bool = False) -> timedelta:
-    """Parse ``250ms``/``5s``/``2m``/``1h``; with ``plain_seconds`` also a bare number of seconds."""
+    """Parse ``250ms``/``5s``/``2m``/``1h``; with ``plain_seconds`` also bare seconds (``30``)."""
     match = _DURATION.match(text)
     if match is not None:
         return timedelta(seconds=float(match.group(1)) * _UNIT_SECONDS[match.group(2)])
@@ -48,8 +48,9 @@ def _coerce(value: object) -> object:
         return value
     if isinstance(value, str):
         return parse_duration(value)
+    shown = "true" if value is True else "false" if value is False else repr(value)
     raise DurationError(
-        f"bad duration {value!r}: expected a string with a unit, like 250ms, 5s, 2m or 1h"
+        f"bad duration {shown}: expected a number with a unit, like 250ms, 5s, 2m or 1h"
     )
 
 
