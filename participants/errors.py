@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from orchestrator.errors import SagaError
+
 
 class ParticipantError(Exception):
     """Root of the participant SDK's errors."""
@@ -13,6 +15,7 @@ class StepError(ParticipantError):
     retryable: bool = True
 
     def __init__(self, code: str, message: str = "") -> None:
+        code = (code or "failed")[:200]  # the wire allows 1-200 characters
         super().__init__(f"{code}: {message}" if message else code)
         self.code = code
         self.message = message or code
@@ -34,5 +37,5 @@ class HandlerDefinitionError(ParticipantError):
     """A handler's signature cannot be used (wrong parameters or a duplicate command)."""
 
 
-class ParticipantLoadError(ParticipantError):
+class ParticipantLoadError(ParticipantError, SagaError):
     """``saga participant run MODULE:ATTR`` could not find a Participant there."""

@@ -20,9 +20,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
+from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-from contracts import MessageRejected, StepCommand, StepReply, decode, encode
+from contracts import EncodeError, MessageRejected, StepCommand, StepReply, decode, encode
 from orchestrator.topology import REPLY_QUEUE, participant_queue, participant_topology
 from orchestrator.transport import Delivery, PublishFailed, Subscription, Transport
 from participants import inbox
@@ -195,7 +196,7 @@ class ParticipantService:
                 try:
                     payload = handler.parse(command.payload)
                     value = await handler.func(payload, context)
-                    result = CommandHandler.result(value)
+                    success = _checked_success(command, value)
                     await session.commit()
                 except PermanentError as exc:
                     await session.rollback()
@@ -211,9 +212,11 @@ class ParticipantService:
                     return _Outcome(reply, ran_handler=True)
                 finally:
                     await session.close()
-                await inbox.finish(conn, key=key, status=inbox.InboxStatus.SUCCEEDED, result=result)
+                await inbox.finish(
+                    conn, key=key, status=inbox.InboxStatus.SUCCEEDED, result=success.result
+                )
                 await conn.commit()
-                return _Outcome(_success(command, result), ran_handler=True)
+                return _Outcome(success, ran_handler=True)
         except StepError as exc:
             logger.info("handler failed, retryable: %s", exc)
             return _Outcome(_failure(command, exc.code, exc.message, True), True)
@@ -252,6 +255,27 @@ def _reply_id(command: StepCommand) -> str:
     if len(candidate) <= 200:
         return candidate
     return "reply-" + hashlib.sha256(command.message_id.encode()).hexdigest()
+
+
+def _checked_success(command: StepCommand, value: Any) -> StepReply:
+    """The success reply for a handler's return value, checked to fit on the wire before
+    anything commits (a stored result that cannot be sent would be answered forever)."""
+    try:
+        reply = _success(command, CommandHandler.result(value))
+        encode(reply)
+    except (TypeError, ValidationError, EncodeError) as exc:
+        raise PermanentError(
+            "invalid_result", f"the handler for '{command.command}' returned {_why(exc)}"
+        ) from None
+    return reply
+
+
+def _why(exc: Exception) -> str:
+    if isinstance(exc, ValidationError):
+        return "a result that is not plain JSON"
+    if isinstance(exc, EncodeError):
+        return f"a result that cannot be sent: {exc}"
+    return str(exc).removeprefix("a handler must return ")
 
 
 def _success(command: StepCommand, result: Mapping[str, Any]) -> StepReply:

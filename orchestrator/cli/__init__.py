@@ -1,42 +1,53 @@
 """The ``saga`` command line.
 
-Each command group lives in its own module; this one builds the root group and turns
-every :class:`~orchestrator.errors.SagaError` into one sentence on stderr and a
-non-zero exit, never a traceback.
+Each command group lives in its own module, imported only when its command runs (the
+services pull in aio-pika, SQLAlchemy and Alembic, which a ``saga status`` should not
+wait for). This module turns every :class:`~orchestrator.errors.SagaError` into one
+sentence on stderr and a non-zero exit, never a traceback.
 """
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 import click
 
-from orchestrator.cli.db import db
-from orchestrator.cli.definitions import definitions
-from orchestrator.cli.sagas import history, list_sagas, start, status
-from orchestrator.cli.services import orchestrator, participant
 from orchestrator.errors import SagaError
-from participants.errors import ParticipantError
 
 __all__ = ["cli", "main"]
 
+_COMMANDS = {
+    "db": "orchestrator.cli.db:db",
+    "definitions": "orchestrator.cli.definitions:definitions",
+    "orchestrator": "orchestrator.cli.services:orchestrator",
+    "participant": "orchestrator.cli.services:participant",
+    "start": "orchestrator.cli.sagas:start",
+    "status": "orchestrator.cli.sagas:status",
+    "list": "orchestrator.cli.sagas:list_sagas",
+    "history": "orchestrator.cli.sagas:history",
+}
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+
+class _LazyGroup(click.Group):
+    """A group whose subcommands are imported on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(_COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = _COMMANDS.get(cmd_name)
+        if target is None:
+            return None
+        module_name, _, attr = target.partition(":")
+        command = getattr(importlib.import_module(module_name), attr)
+        assert isinstance(command, click.Command)
+        return command
+
+
+@click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 def cli() -> None:
     """A saga orchestrator on RabbitMQ."""
-
-
-for command in (
-    db,
-    definitions,
-    orchestrator,
-    participant,
-    start,
-    status,
-    list_sagas,
-    history,
-):
-    cli.add_command(command)
 
 
 def main() -> None:
@@ -54,6 +65,6 @@ def main() -> None:
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
-    except (SagaError, ParticipantError) as exc:
+    except SagaError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
