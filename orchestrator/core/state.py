@@ -209,4 +209,3 @@ class SagaState:
             ):
                 return step
         return None
-
