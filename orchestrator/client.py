@@ -9,11 +9,14 @@ from typing import Any
 
 from aio_pika.abc import AbstractIncomingMessage
 
-from contracts import MessageRejected, StartReply, StartRequest, decode, encode
+from contracts import MessageRejected, StartReply, StartRequest, WireMessage, decode, encode
 from orchestrator.engine import new_id
 from orchestrator.errors import SagaError
 from orchestrator.topology import START_QUEUE
+from orchestrator.transport import PublishFailed
 from orchestrator.transports.amqp import AmqpTransport
+
+PUBLISH_ATTEMPTS = 8
 
 
 class NoOrchestrator(SagaError):
@@ -50,7 +53,9 @@ class StartClient:
 
         Raises :class:`NoOrchestrator` if not every request was answered in ``wait_seconds``."""
         if self._reply_to is None:
-            self._reply_to = await self._transport.temporary_queue(self._on_reply)
+            self._reply_to = await self._transport.temporary_queue(
+                f"saga.client.{new_id()}", self._on_reply
+            )
         requests = [
             StartRequest(
                 message_id=new_id(),
@@ -84,6 +89,19 @@ class StartClient:
 
     async def _publish(self, request: StartRequest) -> None:
         wire = encode(request)
+        delay = 0.2
+        for _ in range(PUBLISH_ATTEMPTS - 1):
+            try:
+                await self._send(wire)
+                return
+            except PublishFailed:
+                # The link dropped before the confirm: send again. A copy that did arrive
+                # is dropped by the orchestrator (same message id).
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+        await self._send(wire)
+
+    async def _send(self, wire: WireMessage) -> None:
         await self._transport.publish(
             exchange="",
             routing_key=START_QUEUE,

@@ -321,6 +321,9 @@ class _Run:
                 reply, "late success for a step that failed for good; it has no compensation"
             )
             return
+        if step.effect_possible and step.result is not None:
+            self.ignore(reply, "a late success for this step was already recorded")
+            return
         already_planned = step.effect_possible
         self.set_step(index, replace(step, result=reply.result, effect_possible=True))
         self.record(

@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_HEARTBEAT = 10
 """Seconds; two missed beats and the link is declared dead (TCP alone takes minutes)."""
+RECONNECT_INTERVAL = 1.0
+"""Seconds between attempts to reconnect after the broker dropped the connection."""
 PUBLISH_TIMEOUT = 30.0
 """Seconds to wait for a confirm before the outcome counts as unknown."""
 
@@ -195,6 +197,9 @@ class AmqpTransport:
     async def _open(self, name: str) -> AbstractRobustConnection:
         kwargs: dict[str, Any] = {
             "heartbeat": self._heartbeat,
+            # aio-pika waits 5 s between reconnect attempts by default; a broker restart
+            # should cost about a second, not five.
+            "reconnect_interval": RECONNECT_INTERVAL,
             "client_properties": {"connection_name": name},
             "timeout": 10,
         }
@@ -298,15 +303,20 @@ class AmqpTransport:
         return _AmqpSubscription(declared, tag)
 
     async def temporary_queue(
-        self, handler: Callable[[AbstractIncomingMessage], Awaitable[None]]
+        self, name: str, handler: Callable[[AbstractIncomingMessage], Awaitable[None]]
     ) -> str:
-        """An exclusive, server-named queue for answers to this process (gone when it closes);
-        deliveries are auto-acked. Returns the queue name to put in ``reply_to``."""
+        """A queue for answers to this process; deliveries are auto-acked.
+
+        Not exclusive: an exclusive queue dies with its connection, and answers sent while
+        the client reconnects would be lost. The broker deletes it once it has been unused
+        for a minute (``x-expires``)."""
         if self._consume_connection is None:
             raise TransportUnavailable("the transport is not connected")
         channel = self._consume_connection.channel(publisher_confirms=False)
         await channel.initialize()
-        queue = await channel.declare_queue(exclusive=True, auto_delete=True)
+        queue = await channel.declare_queue(
+            name, durable=False, auto_delete=False, arguments={"x-expires": 60_000}
+        )
         await queue.consume(handler, no_ack=True)
         self._consumers.append((channel, queue))
         return queue.name
