@@ -18,7 +18,7 @@ from participants.errors import HandlerDefinitionError, PermanentError
 HandlerFunc = Callable[[Any, StepContext], Awaitable[Any]]
 F = TypeVar("F", bound=HandlerFunc)
 
-_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,200}$")
+_NAME = re.compile(r"[A-Za-z0-9_.-]{1,200}")
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,7 @@ class Participant:
 
     def __init__(self, name: str, *, metadata: sa.MetaData | None = None) -> None:
         """``metadata``: the participant's own tables, created (if missing) at start."""
-        if not _NAME.match(name):
+        if not _NAME.fullmatch(name):
             raise HandlerDefinitionError(
                 f"participant name {name!r} must be 1-200 letters, digits, '_', '.' or '-'"
             )

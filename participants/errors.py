@@ -5,6 +5,12 @@ from __future__ import annotations
 from orchestrator.errors import SagaError
 
 
+def valid_text(text: str) -> str:
+    """``text`` as valid UTF-8: lone surrogates (from ``os.fsdecode`` of odd file names,
+    say) become backslash escapes, so the text can be stored and sent."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 class ParticipantError(Exception):
     """Root of the participant SDK's errors."""
 
@@ -15,7 +21,8 @@ class StepError(ParticipantError):
     retryable: bool = True
 
     def __init__(self, code: str, message: str = "") -> None:
-        code = (code or "failed")[:200]  # the wire allows 1-200 characters
+        code = valid_text((code or "failed")[:200])  # the wire allows 1-200 characters
+        message = valid_text(message)
         super().__init__(f"{code}: {message}" if message else code)
         self.code = code
         self.message = message or code

@@ -29,7 +29,7 @@ from orchestrator.transport import Delivery, PublishFailed, Subscription, Transp
 from participants import inbox
 from participants.app import CommandHandler, Participant
 from participants.context import StepContext
-from participants.errors import PermanentError, StepError
+from participants.errors import PermanentError, StepError, valid_text
 
 log = logging.getLogger("participants")
 
@@ -222,7 +222,7 @@ class ParticipantService:
             return _Outcome(_failure(command, exc.code, exc.message, True), True)
         except Exception as exc:
             logger.exception("handler raised; answering with a retryable failure")
-            message = f"{type(exc).__name__}: {exc}"[:4000]
+            message = valid_text(f"{type(exc).__name__}: {exc}"[:4000])
             return _Outcome(_failure(command, "handler_error", message, True), True)
 
     async def _reply(self, reply: StepReply, reply_to: str) -> bool:
@@ -275,7 +275,7 @@ def _why(exc: Exception) -> str:
         return "a result that is not plain JSON"
     if isinstance(exc, EncodeError):
         return f"a result that cannot be sent: {exc}"
-    return str(exc).removeprefix("a handler must return ")
+    return f"{exc}".replace("a handler must return", "something else:", 1)
 
 
 def _success(command: StepCommand, result: Mapping[str, Any]) -> StepReply:

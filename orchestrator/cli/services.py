@@ -99,7 +99,13 @@ def load_participant(target: str) -> Participant:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         raise ParticipantLoadError(f"cannot import module {module_name!r}: {exc}") from None
-    value = getattr(module, attr, None)
+    except Exception as exc:  # the user's module failed while importing: say how, briefly
+        raise ParticipantLoadError(
+            f"importing module {module_name!r} failed: {type(exc).__name__}: {exc}"
+        ) from None
+    if not hasattr(module, attr):
+        raise ParticipantLoadError(f"module {module_name!r} has no attribute {attr!r}")
+    value = getattr(module, attr)
     if not isinstance(value, Participant):
         raise ParticipantLoadError(
             f"{module_name}:{attr} is not a Participant (found {type(value).__name__})"
