@@ -6,13 +6,16 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from orchestrator.core.state import JSON, ErrorInfo, StepState
 from orchestrator.definitions.schema import redact, secret_paths
 from orchestrator.store import HistoryEntry, SagaRecord, SagaSummary
+
+if TYPE_CHECKING:
+    from orchestrator.operations import Stuck
 
 
 def iso(value: datetime) -> str:
@@ -169,4 +172,39 @@ def print_history(entries: Sequence[HistoryEntry]) -> None:
         click.echo(
             f"{entry.seq:>4}  {_short_time(iso(entry.at))}  +{elapsed:7.3f}s  "
             f"{entry.type:<23} {where:<22} {detail}".rstrip()
+        )
+
+
+def stuck_json(found: Sequence[Stuck]) -> list[dict[str, JSON]]:
+    """``saga list --stuck --json``: the list rows plus the step waited on and idle time."""
+    rows = []
+    for item in found:
+        summary = item.record
+        rows.append(
+            {
+                "id": summary.state.saga_id,
+                "name": summary.state.definition.name,
+                "version": summary.state.definition.version,
+                "state": summary.state.status.value,
+                "created_at": iso(summary.created_at),
+                "updated_at": iso(summary.updated_at),
+                "waiting_on": item.waiting_on,
+                "idle_seconds": round(item.idle.total_seconds(), 1),
+                "allowed_seconds": round(item.allowed.total_seconds(), 1),
+            }
+        )
+    return rows
+
+
+def print_stuck(found: Sequence[Stuck]) -> None:
+    """``saga list --stuck`` for people."""
+    if not found:
+        click.echo("no stuck sagas")
+        return
+    click.echo(f"{'id':<36}  {'name':<24}  {'state':<12}  {'waiting on':<20}  idle")
+    for row in stuck_json(found):
+        name = f"{row['name']} v{row['version']}"
+        click.echo(
+            f"{row['id']:<36}  {name:<24}  {row['state']:<12}  {row['waiting_on'] or '':<20}  "
+            f"{row['idle_seconds']:.0f}s (allowed {row['allowed_seconds']:.0f}s)"
         )

@@ -19,7 +19,9 @@ from orchestrator.definitions.durations import DurationError, parse_duration
 from orchestrator.definitions.errors import DefinitionInvalid, UnknownDefinition
 from orchestrator.definitions.registry import DefinitionRegistry
 from orchestrator.definitions.schema import validate_input
+from orchestrator.engine import utc_now
 from orchestrator.errors import SagaError, UsageError
+from orchestrator.operations import STUCK_GRACE, Stuck, find_stuck
 from orchestrator.settings import Settings
 from orchestrator.store import SagaRecord
 from orchestrator.stores.sql import SqlStore
@@ -31,7 +33,9 @@ from orchestrator.views import (
     print_history,
     print_list,
     print_status,
+    print_stuck,
     status_json,
+    stuck_json,
 )
 
 T = TypeVar("T")
@@ -279,10 +283,24 @@ def status(saga_id: str, as_json: bool) -> None:
 @click.option(
     "--limit", type=click.IntRange(min=0), default=100, show_default=True, help="0 for all."
 )
+@click.option(
+    "--stuck",
+    is_flag=True,
+    help="Only running or compensating sagas idle for longer than their step may wait.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def list_sagas(state: str | None, name: str | None, limit: int, as_json: bool) -> None:
+def list_sagas(state: str | None, name: str | None, limit: int, stuck: bool, as_json: bool) -> None:
     """List sagas, newest first."""
     wanted = SagaStatus(state) if state else None
+    if stuck:
+        if wanted is not None:
+            raise click.UsageError("--stuck already means running or compensating; drop --state")
+        found = asyncio.run(_with_store(_settings(), lambda store: _stuck(store, name, limit)))
+        if as_json:
+            _echo_json(stuck_json(found))
+        else:
+            print_stuck(found)
+        return
     sagas = asyncio.run(
         _with_store(
             _settings(), lambda store: store.list_sagas(state=wanted, name=name, limit=limit)
@@ -292,6 +310,20 @@ def list_sagas(state: str | None, name: str | None, limit: int, as_json: bool) -
         _echo_json(list_json(sagas))
     else:
         print_list(sagas)
+
+
+async def _stuck(store: SqlStore, name: str | None, limit: int) -> list[Stuck]:
+    now = utc_now()
+    candidates = []
+    for state in (SagaStatus.RUNNING, SagaStatus.COMPENSATING):
+        for summary in await store.list_sagas(state=state, name=name, limit=0):
+            if now - summary.updated_at > STUCK_GRACE:  # cheap filter before loading
+                record = await store.get(summary.id)
+                if record is not None:
+                    candidates.append(record)
+    found = find_stuck(candidates, now)
+    found.sort(key=lambda item: item.record.created_at, reverse=True)
+    return found[:limit] if limit else found
 
 
 @click.command()

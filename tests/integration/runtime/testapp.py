@@ -7,6 +7,7 @@ database) and follows the ``behaviour`` object in its payload:
 - ``{"fail": "permanent"}``: PermanentError;
 - ``{"fail_times": n}``: a RetryableError on attempts 1..n;
 - ``{"delay_first": s}``: attempt 1 sleeps ``s`` seconds before its write (a slow first attempt);
+- ``{"fail_until_file": PATH}``: PermanentError while PATH does not exist (a bug not yet fixed);
 - ``{"exit_once": PATH}``: the first run (when PATH does not exist) creates PATH and kills
   the process mid-handler, before anything commits.
 """
@@ -48,6 +49,9 @@ def _participant(name: str) -> Participant:
         if marker and not Path(marker).exists():  # noqa: ASYNC240
             Path(marker).write_text("crashed")  # noqa: ASYNC240
             os._exit(137)
+        fixed = behaviour.get("fail_until_file")
+        if fixed and not Path(fixed).exists():  # noqa: ASYNC240 - a test fixture's flag
+            raise PermanentError("not_fixed", f"{name} fails until {fixed} exists")
         if behaviour.get("fail") == "permanent":
             raise PermanentError("boom", f"{name} refuses for good")
         if ctx.attempt <= int(behaviour.get("fail_times", 0)):
