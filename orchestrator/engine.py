@@ -32,7 +32,7 @@ from orchestrator.definitions.errors import UnknownDefinition
 from orchestrator.definitions.registry import DefinitionRegistry
 from orchestrator.definitions.schema import validate_input
 from orchestrator.errors import SagaError
-from orchestrator.store import OutboxMessage, SagaRecord, Store, UnitOfWork
+from orchestrator.store import DuplicateSaga, OutboxMessage, SagaRecord, Store, UnitOfWork
 from orchestrator.topology import COMMANDS_EXCHANGE, REPLY_QUEUE
 
 log = logging.getLogger(__name__)
@@ -95,20 +95,30 @@ class Engine:
             existing = None
             if request.idempotency_key is not None:
                 existing = await uow.find_by_key(definition.name, request.idempotency_key)
-            if existing is not None:
-                reply = self._start_reply(request, saga_id=existing, created=False)
-            else:
+            if existing is None:
                 saga_id = self.ids()
                 decision = start(saga_id, definition, request.input, now)
                 trace = _trace_dict(request.trace)
-                await uow.insert(
-                    decision.state,
-                    idempotency_key=request.idempotency_key,
-                    trace_context=trace,
-                    now=now,
-                )
-                outbox.extend(await self._apply_effects(uow, saga_id, decision, trace, now))
-                reply = self._start_reply(request, saga_id=saga_id, created=True)
+                try:
+                    await uow.insert(
+                        decision.state,
+                        idempotency_key=request.idempotency_key,
+                        trace_context=trace,
+                        now=now,
+                    )
+                except DuplicateSaga:
+                    # Another orchestrator started this key between our lookup and our
+                    # insert; it has committed, so the lookup now finds its saga.
+                    if request.idempotency_key is None:
+                        raise
+                    existing = await uow.find_by_key(definition.name, request.idempotency_key)
+                    if existing is None:
+                        raise
+                else:
+                    outbox.extend(await self._apply_effects(uow, saga_id, decision, trace, now))
+                    reply = self._start_reply(request, saga_id=saga_id, created=True)
+            if existing is not None:
+                reply = self._start_reply(request, saga_id=existing, created=False)
             if reply_to:
                 reply_message = self._reply_message(reply, reply_to)
                 ids = await uow.enqueue([reply_message], now)

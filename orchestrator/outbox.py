@@ -44,6 +44,9 @@ class OutboxRelay:
         self._sweep_grace = sweep_grace
         self._batch = batch
         self._tasks: set[asyncio.Task[None]] = set()
+        self._in_flight: set[int] = set()
+        """Rows this relay is publishing right now: a sweep must not publish them again."""
+        self._started_at = clock()
         self._stopped = asyncio.Event()
         self.published = 0
         self.unroutable = 0
@@ -52,6 +55,7 @@ class OutboxRelay:
         """Publish freshly committed rows now, in the background."""
         if not messages:
             return
+        self._in_flight.update(m.id for m in messages if m.id is not None)
         task = asyncio.get_running_loop().create_task(self._publish_batch(list(messages)))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -61,6 +65,14 @@ class OutboxRelay:
 
     async def publish(self, messages: Sequence[OutboxMessage]) -> int:
         """Publish rows concurrently; mark the confirmed ones sent. Returns how many were."""
+        ids = {m.id for m in messages if m.id is not None}
+        self._in_flight.update(ids)
+        try:
+            return await self._publish(messages)
+        finally:
+            self._in_flight.difference_update(ids)
+
+    async def _publish(self, messages: Sequence[OutboxMessage]) -> int:
         results = await asyncio.gather(*(self._publish_one(m) for m in messages))
         sent = [m.id for m, ok in zip(messages, results, strict=True) if ok and m.id is not None]
         if sent:
@@ -101,12 +113,15 @@ class OutboxRelay:
             return False
         return True
 
-    async def sweep(self, *, everything: bool = False) -> int:
-        """Publish unsent rows older than the grace period (all of them with ``everything``)."""
+    async def sweep(self, *, first: bool = False) -> int:
+        """Publish unsent rows that nobody is publishing: on the first sweep, every row
+        written before this relay started (a crash left them); later, rows older than the
+        grace period that this relay is not publishing right now."""
         total = 0
         while True:
-            older_than = None if everything else self._clock() - self._sweep_grace
+            older_than = self._started_at if first else self._clock() - self._sweep_grace
             rows = await self._store.unsent(self._batch, older_than=older_than)
+            rows = [row for row in rows if row.id not in self._in_flight]
             if not rows:
                 return total
             sent = await self.publish(rows)
@@ -115,11 +130,11 @@ class OutboxRelay:
                 return total  # the broker is not taking them now; try on the next sweep
 
     async def run(self) -> None:
-        """Sweep everything once, then periodically until :meth:`stop`."""
+        """Sweep what a crash left behind, then periodically until :meth:`stop`."""
         first = True
         while not self._stopped.is_set():
             try:
-                await self.sweep(everything=first)
+                await self.sweep(first=first)
                 first = False
             except StoreError:
                 log.warning("outbox sweep failed; retrying", exc_info=True)
