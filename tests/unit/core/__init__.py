@@ -1,0 +1,1 @@
+"""Tests of the pure saga core (no I/O)."""
