@@ -30,7 +30,7 @@ integration: $(STAMP)
 	$(BIN)/pytest -q tests/integration
 
 test-faults: $(STAMP)
-	$(BIN)/pytest -q tests/faults
+	$(BIN)/pytest -q -s -m faults tests
 
 demo: $(STAMP)
 	$(BIN)/python -m orchestrator.demo

@@ -13,6 +13,7 @@ outcome, without running the handler again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 from collections.abc import Mapping
@@ -21,9 +22,12 @@ from typing import Any
 
 import sqlalchemy as sa
 from pydantic import ValidationError
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from contracts import EncodeError, MessageRejected, StepCommand, StepReply, decode, encode
+from orchestrator.store import StoreUnavailable
+from orchestrator.stores.errors import translate
 from orchestrator.topology import REPLY_QUEUE, participant_queue, participant_topology
 from orchestrator.transport import Delivery, PublishFailed, Subscription, Transport
 from participants import inbox
@@ -49,12 +53,27 @@ class ParticipantSettings:
     @classmethod
     def from_env(cls, name: str, environ: Mapping[str, str]) -> ParticipantSettings:
         """``SAGA_AMQP_URL`` and ``SAGA_PARTICIPANT_DATABASE_URL`` (SQLite file by default)."""
+        max_bytes = environ.get("SAGA_MAX_MESSAGE_BYTES", "")
         return cls(
             amqp_url=environ.get("SAGA_AMQP_URL", "amqp://guest:guest@localhost:5672/"),
             database_url=environ.get(
                 "SAGA_PARTICIPANT_DATABASE_URL", f"sqlite+aiosqlite:///./{name}.db"
             ),
+            max_message_bytes=int(max_bytes) if max_bytes.isdigit() else cls.max_message_bytes,
         )
+
+
+class _DatabaseUnavailable(Exception):
+    """The participant's own database cannot be reached; the command must wait."""
+
+
+def _database_unavailable(exc: BaseException) -> bool:
+    """True for a lost or refused database connection (not for a handler's own mistakes)."""
+    if isinstance(exc, ConnectionError | TimeoutError):
+        return True
+    if isinstance(exc, sa_exc.SQLAlchemyError):
+        return isinstance(translate(exc, "the participant database"), StoreUnavailable)
+    return False
 
 
 @dataclass(frozen=True)
@@ -79,6 +98,7 @@ class ParticipantService:
         self.transport = transport
         self._subscription: Subscription | None = None
         self._in_flight = 0
+        self._stopping = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
         self.handler_runs = 0
@@ -105,6 +125,7 @@ class ParticipantService:
 
     async def stop(self) -> None:
         """Stop consuming; let handlers in flight finish (up to the grace period); close."""
+        self._stopping.set()
         if self._subscription is not None:
             await self._subscription.cancel()
         try:
@@ -144,7 +165,22 @@ class ParticipantService:
             log.error("%s (saga %s, step %s)", reason, command.saga_id, command.step)
             await delivery.dead_letter(reason)
             return
-        outcome = await self._run(command, handler)
+        delay = 0.2
+        while True:
+            try:
+                outcome = await self._run(command, handler)
+                break
+            except _DatabaseUnavailable as exc:
+                # Not the handler's fault: answering a failure would spend the step's
+                # attempts on an outage. Hold the command and try again; at shutdown leave
+                # it unsettled, and the broker hands it out again.
+                if self._stopping.is_set():
+                    log.warning("stopping with a command not run: %s", exc)
+                    return
+                log.warning("participant database unavailable (%s); retrying in %.1fs", exc, delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), delay)
+                delay = min(delay * 2, 5.0)
         if outcome.ran_handler:
             self.handler_runs += 1
         else:
@@ -221,6 +257,8 @@ class ParticipantService:
             logger.info("handler failed, retryable: %s", exc)
             return _Outcome(_failure(command, exc.code, exc.message, True), True)
         except Exception as exc:
+            if _database_unavailable(exc):
+                raise _DatabaseUnavailable(str(exc)) from exc
             logger.exception("handler raised; answering with a retryable failure")
             message = valid_text(f"{type(exc).__name__}: {exc}"[:4000])
             return _Outcome(_failure(command, "handler_error", message, True), True)
