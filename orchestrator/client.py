@@ -9,14 +9,12 @@ from typing import Any
 
 from aio_pika.abc import AbstractIncomingMessage
 
-from contracts import MessageRejected, StartReply, StartRequest, WireMessage, decode, encode
+from contracts import MessageRejected, StartReply, StartRequest, decode, encode
 from orchestrator.engine import new_id
 from orchestrator.errors import SagaError
 from orchestrator.topology import START_QUEUE
-from orchestrator.transport import PublishFailed
+from orchestrator.transport import PublishFailed, publish_wire
 from orchestrator.transports.amqp import AmqpTransport
-
-PUBLISH_ATTEMPTS = 8
 
 
 class NoOrchestrator(SagaError):
@@ -89,27 +87,8 @@ class StartClient:
 
     async def _publish(self, request: StartRequest) -> None:
         wire = encode(request)
-        delay = 0.2
-        for _ in range(PUBLISH_ATTEMPTS - 1):
-            try:
-                await self._send(wire)
-                return
-            except PublishFailed:
-                # The link dropped before the confirm: send again. A copy that did arrive
-                # is dropped by the orchestrator (same message id).
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
-        await self._send(wire)
-
-    async def _send(self, wire: WireMessage) -> None:
-        await self._transport.publish(
-            exchange="",
-            routing_key=START_QUEUE,
-            body=wire.body,
-            message_id=wire.message_id,
-            headers=wire.headers,
-            content_type=wire.content_type,
-            correlation_id=wire.correlation_id,
-            reply_to=self._reply_to,
-            type=wire.type,
+        sent = await publish_wire(
+            self._transport, wire, routing_key=START_QUEUE, reply_to=self._reply_to
         )
+        if not sent:
+            raise PublishFailed(f"the broker did not confirm start request {wire.message_id}")

@@ -8,11 +8,16 @@ delivery is acknowledged only when the handler says so, after its durable write.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Protocol
 
+from contracts import WireMessage
 from orchestrator.errors import SagaError
 from orchestrator.topology import Topology
+
+log = logging.getLogger(__name__)
 
 
 class TransportError(SagaError):
@@ -131,3 +136,42 @@ class Transport(Protocol):
     async def close(self) -> None:
         """Close connections."""
         ...
+
+
+async def publish_wire(
+    transport: Transport,
+    wire: WireMessage,
+    *,
+    routing_key: str,
+    exchange: str = "",
+    reply_to: str | None = None,
+    attempts: int = 8,
+) -> bool:
+    """Publish an encoded message, sending it again while the link drops before the confirm.
+
+    Every copy has the same message id, so a copy that did arrive is dropped by the
+    receiver. False when it is still unconfirmed after ``attempts`` tries."""
+    delay = 0.2
+    for attempt in range(1, attempts + 1):
+        try:
+            await transport.publish(
+                exchange=exchange,
+                routing_key=routing_key,
+                body=wire.body,
+                message_id=wire.message_id,
+                headers=wire.headers,
+                content_type=wire.content_type,
+                correlation_id=wire.correlation_id,
+                reply_to=reply_to,
+                type=wire.type,
+            )
+            return True
+        except PublishFailed as exc:
+            log.warning(
+                "%s %s not confirmed (%s); try %d of %d", wire.type, wire.message_id, exc,
+                attempt, attempts,
+            )  # fmt: skip
+            if attempt < attempts:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+    return False

@@ -29,7 +29,7 @@ from contracts import EncodeError, MessageRejected, StepCommand, StepReply, deco
 from orchestrator.store import StoreUnavailable
 from orchestrator.stores.errors import translate
 from orchestrator.topology import REPLY_QUEUE, participant_queue, participant_topology
-from orchestrator.transport import Delivery, PublishFailed, Subscription, Transport
+from orchestrator.transport import Delivery, Subscription, Transport, publish_wire
 from participants import inbox
 from participants.app import CommandHandler, Participant
 from participants.context import StepContext
@@ -264,26 +264,7 @@ class ParticipantService:
             return _Outcome(_failure(command, "handler_error", message, True), True)
 
     async def _reply(self, reply: StepReply, reply_to: str) -> bool:
-        wire = encode(reply)
-        delay = 0.2
-        for _ in range(8):
-            try:
-                await self.transport.publish(
-                    exchange="",
-                    routing_key=reply_to,
-                    body=wire.body,
-                    message_id=wire.message_id,
-                    headers=wire.headers,
-                    content_type=wire.content_type,
-                    correlation_id=wire.correlation_id,
-                    type=wire.type,
-                )
-                return True
-            except PublishFailed as exc:
-                log.warning("reply %s not confirmed (%s); retrying", wire.message_id, exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-        return False
+        return await publish_wire(self.transport, encode(reply), routing_key=reply_to)
 
 
 def _reply_id(command: StepCommand) -> str:
