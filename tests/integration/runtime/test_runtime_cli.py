@@ -200,14 +200,14 @@ async def test_start_without_an_orchestrator_exits_3_and_leaves_the_request_queu
     assert result.code == 3
     assert "no orchestrator answered within 1s" in result.err
     await rig.start_orchestrator()  # the queued request is taken up now
-    listed = json.loads((await saga(rig, "list", "--json")).out)
-    for _ in range(100):
-        if listed:
-            break
+    store = await rig.reader()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 30
+    while not (listed := await store.list_sagas(limit=0)):
+        assert loop.time() < deadline, "the queued start request was never taken up"
         await asyncio.sleep(0.1)
-        listed = json.loads((await saga(rig, "list", "--json")).out)
     assert len(listed) == 1
-    await rig.wait_terminal([listed[0]["id"]])
+    await rig.wait_terminal([listed[0].id])
 
 
 async def test_orchestrator_refuses_an_unmigrated_database(rig: Rig, tmp_path: Path) -> None:
