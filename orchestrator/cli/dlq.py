@@ -17,15 +17,15 @@ from typing import Any, TypeVar
 
 import click
 
-from orchestrator.definitions.registry import DefinitionRegistry
-from orchestrator.dlq import (
+from orchestrator.dead_letters import (
     MAX_READ,
-    DeadLetterQueues,
     DeadLetterRow,
     Replayed,
     dead_letter_queues,
     describe,
 )
+from orchestrator.definitions.registry import DefinitionRegistry
+from orchestrator.dlq import DeadLetterQueues
 from orchestrator.errors import UsageError
 from orchestrator.settings import Settings
 from orchestrator.topology import DLQ_SUFFIX, dead_letter_queue

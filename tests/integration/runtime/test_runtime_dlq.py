@@ -28,13 +28,13 @@ from testapp import metadata, trio_input, trio_yaml
 
 from contracts import StartRequest, StepCommand, StepReply, encode
 from orchestrator.core.state import SagaStatus
-from orchestrator.dlq import (
+from orchestrator.dead_letters import (
     REPLAY_COUNT_HEADER,
-    DeadLetterQueues,
     DeadLetterRow,
     Replayed,
     dead_letter_queues,
 )
+from orchestrator.dlq import DeadLetterQueues
 from orchestrator.stores.engine import create_engine
 from orchestrator.topology import (
     COMMANDS_EXCHANGE,

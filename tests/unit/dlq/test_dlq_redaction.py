@@ -1,5 +1,5 @@
 """``saga dlq show`` redacts what a definition marks secret: a start request's input and the
-payload fields of a step command that take a secret (orchestrator.dlq, no broker)."""
+payload fields of a step command that take a secret (orchestrator.dead_letters, no broker)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import json
 import textwrap
 from typing import Any
 
+from orchestrator.dead_letters import DeadLetter, describe, redact_body
 from orchestrator.definitions import load_text
 from orchestrator.definitions.registry import DefinitionRegistry
-from orchestrator.dlq import DeadLetter, describe, redact_body
 
 CANARY = "CANARY-7f3a-dlq"
 

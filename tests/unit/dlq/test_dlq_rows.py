@@ -1,12 +1,12 @@
 """A dead letter's listing row, read from our own dead-letter headers or the broker's x-death,
-and the headers a replay carries (orchestrator.dlq, no broker)."""
+and the headers a replay carries (orchestrator.dead_letters, no broker)."""
 
 from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
 
-from orchestrator.dlq import (
+from orchestrator.dead_letters import (
     BODY_PREVIEW_BYTES,
     REPLAY_COUNT_HEADER,
     DeadLetter,
