@@ -6,6 +6,7 @@ import asyncio
 import importlib
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -40,7 +41,7 @@ def run_orchestrator(definitions_dir: Path | None) -> None:
     """Consume start requests and replies until SIGTERM."""
     settings = Settings.from_env(os.environ)
     if definitions_dir is not None:
-        settings = Settings(**{**settings.__dict__, "definitions_dir": definitions_dir})
+        settings = replace(settings, definitions_dir=definitions_dir)
     configure_logging()
     registry = _load_registry(settings.definitions_dir)
     asyncio.run(_run_orchestrator(settings, registry))
