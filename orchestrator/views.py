@@ -9,6 +9,8 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import click
+from rich.console import Console
+from rich.tree import Tree
 
 from orchestrator.core.state import JSON, ErrorInfo, StepState
 from orchestrator.definitions.schema import redact, secret_paths
@@ -16,6 +18,7 @@ from orchestrator.store import HistoryEntry, SagaRecord, SagaSummary
 
 if TYPE_CHECKING:
     from orchestrator.operations import Stuck
+    from orchestrator.timeline import Span
 
 
 def iso(value: datetime) -> str:
@@ -208,3 +211,35 @@ def print_stuck(found: Sequence[Stuck]) -> None:
             f"{row['id']:<36}  {name:<24}  {row['state']:<12}  {row['waiting_on'] or '':<20}  "
             f"{row['idle_seconds']:.0f}s (allowed {row['allowed_seconds']:.0f}s)"
         )
+
+
+BAR_WIDTH = 30
+
+
+def print_trace(record: SagaRecord, history: Sequence[HistoryEntry], found: Sequence[Span]) -> None:
+    """``saga trace`` for people: a tree of attempts with a bar on the saga's time axis."""
+    state = record.state
+    began = history[0].at if history else record.created_at
+    moves = [entry for entry in history if entry.type != "reply_ignored"]
+    ended = moves[-1].at if moves else record.updated_at
+    total = max((ended - began).total_seconds(), 1e-6)
+    tree = Tree(
+        f"[bold]saga {state.definition.name} v{state.definition.version}[/bold] "
+        f"{state.saga_id}  [bold]{state.status.value}[/bold]  {total * 1000:.1f} ms"
+    )
+    for span in found:
+        end = span.ended_at or ended
+        start_col = int((span.started_at - began).total_seconds() / total * BAR_WIDTH)
+        length = max(1, int((end - span.started_at).total_seconds() / total * BAR_WIDTH))
+        bar = " " * min(start_col, BAR_WIDTH - 1) + "█" * min(length, BAR_WIDTH - start_col)
+        duration = "" if span.duration_ms is None else f"{span.duration_ms:.1f} ms"
+        colour = {"succeeded": "green", "failed": "red", "timed out": "yellow"}.get(
+            span.outcome, "cyan"
+        )
+        label = f"{span.step} {span.kind} #{span.attempt}"
+        detail = f"  {span.detail}" if span.detail else ""
+        tree.add(
+            f"{label:<36} [{colour}]{span.outcome:<10}[/{colour}] {duration:>10}  "
+            f"[{colour}]{bar:<{BAR_WIDTH}}[/{colour}]{detail}"
+        )
+    Console(width=160, soft_wrap=True).print(tree)

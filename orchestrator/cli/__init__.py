@@ -26,6 +26,7 @@ _COMMANDS = {
     "status": "orchestrator.cli.sagas:status",
     "list": "orchestrator.cli.sagas:list_sagas",
     "history": "orchestrator.cli.sagas:history",
+    "trace": "orchestrator.cli.sagas:trace",
     "dlq": "orchestrator.cli.dlq:dlq",
     "retry": "orchestrator.cli.operator:retry",
     "abort": "orchestrator.cli.operator:abort",

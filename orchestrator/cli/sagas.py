@@ -23,8 +23,9 @@ from orchestrator.engine import utc_now
 from orchestrator.errors import SagaError, UsageError
 from orchestrator.operations import STUCK_GRACE, Stuck, find_stuck
 from orchestrator.settings import Settings
-from orchestrator.store import SagaRecord
+from orchestrator.store import HistoryEntry, SagaRecord
 from orchestrator.stores.sql import SqlStore
+from orchestrator.timeline import spans
 from orchestrator.topology import Topology, orchestrator_queues
 from orchestrator.transports.amqp import AmqpTransport
 from orchestrator.views import (
@@ -34,6 +35,7 @@ from orchestrator.views import (
     print_list,
     print_status,
     print_stuck,
+    print_trace,
     status_json,
     stuck_json,
 )
@@ -342,3 +344,29 @@ def history(saga_id: str, as_json: bool) -> None:
         _echo_json(history_json(entries))
     else:
         print_history(entries)
+
+
+@click.command()
+@click.argument("saga_id")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def trace(saga_id: str, as_json: bool) -> None:
+    """Show a saga's timeline: every attempt of every step and compensation, with durations."""
+
+    async def read(store: SqlStore) -> tuple[SagaRecord, list[HistoryEntry]]:
+        record = await store.get(saga_id)
+        if record is None:
+            raise UsageError(f"no saga with id {saga_id}")
+        return record, await store.history(saga_id)
+
+    record, entries = asyncio.run(_with_store(_settings(), read))
+    found = spans(entries)
+    if as_json:
+        _echo_json(
+            {
+                "id": saga_id,
+                "state": record.state.status.value,
+                "spans": [s.to_json() for s in found],
+            }
+        )
+    else:
+        print_trace(record, entries, found)

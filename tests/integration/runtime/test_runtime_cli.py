@@ -138,6 +138,17 @@ async def test_status_list_and_history_json_shapes(rig: Rig) -> None:
     assert set(history[0]) == {"seq", "at", "type", "step", "attempt", "detail"}
     types = [entry["type"] for entry in history]
     assert types.count("step_failed") == 1
+    trace = json.loads((await saga(rig, "trace", saga_id, "--json")).out)
+    attempts = [(s["step"], s["attempt"], s["outcome"]) for s in trace["spans"]]
+    assert attempts == [
+        ("a", 1, "failed"),
+        ("a", 2, "succeeded"),
+        ("b", 1, "succeeded"),
+        ("c", 1, "succeeded"),
+    ]
+    human = await saga(rig, "trace", saga_id)
+    assert "saga trio v1" in human.out
+    assert human.out.count("succeeded") == 3
 
 
 async def test_bulk_start_prints_ids_in_input_order(rig: Rig, tmp_path: Path) -> None:
