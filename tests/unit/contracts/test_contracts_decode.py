@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 import pytest
+from contract_samples import TRACEPARENT
 
 from contracts import (
     MAX_BODY_BYTES,
@@ -27,8 +28,6 @@ from contracts import (
     decode,
     encode,
 )
-
-TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
 REPLY: dict[str, Any] = {
     "type": "saga.reply",

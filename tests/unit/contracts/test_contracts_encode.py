@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any
 
 import pytest
+from contract_samples import TRACEPARENT, command
 
 from contracts import (
     CONTENT_TYPE,
@@ -21,24 +21,6 @@ from contracts import (
     decode,
     encode,
 )
-
-TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
-
-
-def command(**changes: Any) -> StepCommand:
-    fields: dict[str, Any] = {
-        "message_id": "m-1",
-        "saga_id": "s-1",
-        "saga_name": "order_checkout",
-        "saga_version": 2,
-        "step": "reserve_stock",
-        "kind": "action",
-        "command": "reserve",
-        "attempt": 3,
-        "idempotency_key": "s-1:reserve_stock:action",
-        "payload": {"order_id": "o-1"},
-    }
-    return StepCommand(**{**fields, **changes})
 
 
 def test_an_action_command_has_every_envelope_header_but_the_action_key() -> None:

@@ -6,6 +6,7 @@ from enum import StrEnum
 from typing import Any
 
 import pytest
+from contract_samples import TRACEPARENT, command
 from pydantic import TypeAdapter, ValidationError
 
 from contracts import (
@@ -21,24 +22,6 @@ from contracts import (
     StepReply,
     TraceContext,
 )
-
-TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
-
-
-def command(**changes: Any) -> StepCommand:
-    fields: dict[str, Any] = {
-        "message_id": "m-1",
-        "saga_id": "s-1",
-        "saga_name": "order_checkout",
-        "saga_version": 2,
-        "step": "reserve_stock",
-        "kind": "action",
-        "command": "reserve",
-        "attempt": 3,
-        "idempotency_key": "s-1:reserve_stock:action",
-        "payload": {"order_id": "o-1"},
-    }
-    return StepCommand(**{**fields, **changes})
 
 
 def compensation() -> StepCommand:
