@@ -16,7 +16,6 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from contracts import (
-    ErrorBody,
     StartReply,
     StartRequest,
     StepCommand,
@@ -84,7 +83,10 @@ class Engine:
         now = self.clock()
         refusal = self._check_start(request)
         if refusal is not None:
-            reply = self._start_reply(request, error=refusal)
+            # refused() shortens a long message (many input problems) to fit the wire.
+            reply = StartReply.refused(
+                request, *refusal, message_id=self.ids(), trace=request.trace
+            )
             await self._send_outside_saga(reply, reply_to, now)
             return reply
         definition = self.registry.get(request.saga_name, request.saga_version)
@@ -116,9 +118,9 @@ class Engine:
                         raise
                 else:
                     outbox.extend(await self._apply_effects(uow, saga_id, decision, trace, now))
-                    reply = self._start_reply(request, saga_id=saga_id, created=True)
+                    reply = self._accepted(request, saga_id, created=True)
             if existing is not None:
-                reply = self._start_reply(request, saga_id=existing, created=False)
+                reply = self._accepted(request, existing, created=False)
             if reply_to:
                 reply_message = self._reply_message(reply, reply_to)
                 ids = await uow.enqueue([reply_message], now)
@@ -126,31 +128,21 @@ class Engine:
         self.on_commit(outbox)
         return reply
 
-    def _check_start(self, request: StartRequest) -> ErrorBody | None:
+    def _check_start(self, request: StartRequest) -> tuple[str, str] | None:
+        """Why the start must be refused, as (code, sentence); None to go ahead."""
         try:
             definition = self.registry.get(request.saga_name, request.saga_version)
         except UnknownDefinition as exc:
-            return ErrorBody(code="unknown_saga", message=str(exc))
+            return "unknown_saga", str(exc)
         problems = validate_input(definition, request.input)
         if problems:
             message = f"input for saga '{definition.name}' is invalid: " + "; ".join(problems)
-            return ErrorBody(code="invalid_input", message=message)
+            return "invalid_input", message
         return None
 
-    def _start_reply(
-        self,
-        request: StartRequest,
-        *,
-        saga_id: str | None = None,
-        created: bool = False,
-        error: ErrorBody | None = None,
-    ) -> StartReply:
-        return StartReply(
-            message_id=self.ids(),
-            request_id=request.message_id,
-            saga_id=saga_id,
-            created=created,
-            error=error,
+    def _accepted(self, request: StartRequest, saga_id: str, *, created: bool) -> StartReply:
+        return StartReply.accepted(
+            request, saga_id, created=created, message_id=self.ids(), trace=request.trace
         )
 
     def _reply_message(self, reply: StartReply, reply_to: str) -> OutboxMessage:
