@@ -24,14 +24,3 @@ async def serve(start: Callable[[], Awaitable[None]], stop: Callable[[], Awaitab
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
         await stop()
-
-
-def configure_logging(level: str = "INFO") -> None:
-    """Plain, one-line log records on stderr."""
-    logging.basicConfig(
-        level=level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    # aio-pika and aiormq are chatty about reconnect internals at INFO.
-    logging.getLogger("aiormq").setLevel(logging.WARNING)
-    logging.getLogger("aio_pika").setLevel(logging.WARNING)

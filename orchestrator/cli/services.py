@@ -14,7 +14,8 @@ import click
 from orchestrator.definitions.errors import DefinitionInvalid
 from orchestrator.definitions.registry import DefinitionRegistry
 from orchestrator.errors import SagaError
-from orchestrator.lifecycle import configure_logging, serve
+from orchestrator.lifecycle import serve
+from orchestrator.logs import LogSettings, configure_logging
 from orchestrator.service import OrchestratorService
 from orchestrator.settings import Settings
 from orchestrator.stores.engine import create_engine
@@ -42,7 +43,7 @@ def run_orchestrator(definitions_dir: Path | None) -> None:
     settings = Settings.from_env(os.environ)
     if definitions_dir is not None:
         settings = replace(settings, definitions_dir=definitions_dir)
-    configure_logging()
+    configure_logging(LogSettings.from_env(os.environ))
     registry = _load_registry(settings.definitions_dir)
     asyncio.run(_run_orchestrator(settings, registry))
 
@@ -83,7 +84,7 @@ def run_participant(target: str) -> None:
     """Run the Participant found at MODULE:ATTR (e.g. myservice.app:inventory)."""
     app = load_participant(target)
     settings = ParticipantSettings.from_env(app.name, os.environ)
-    configure_logging()
+    configure_logging(LogSettings.from_env(os.environ))
     asyncio.run(_run_participant(app, settings))
 
 
