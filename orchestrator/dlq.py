@@ -107,6 +107,22 @@ class DeadLetterQueues:
                     await channel.close()
         return True
 
+    async def depths(self, dlqs: Sequence[str]) -> dict[str, int]:
+        """How many messages each existing DLQ holds (passive declares: nothing is read)."""
+        found: dict[str, int] = {}
+        async with _translated("counting dead letters"):
+            for dlq in dlqs:
+                channel = await self._connection.channel(publisher_confirms=False)
+                try:
+                    queue = await channel.declare_queue(dlq, passive=True)
+                except aiormq.exceptions.ChannelNotFoundEntity:
+                    continue
+                finally:
+                    if not channel.is_closed:
+                        await channel.close()
+                found[dlq] = queue.declaration_result.message_count or 0
+        return found
+
     async def listing(self, dlqs: Sequence[str]) -> list[DeadLetterRow]:
         """Every message in ``dlqs`` (missing ones are empty), in queue order; nothing moves."""
         rows: list[DeadLetterRow] = []

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 from contracts import (
@@ -20,7 +20,6 @@ from contracts import (
     StartRequest,
     StepCommand,
     StepReply,
-    TraceContext,
     encode,
 )
 from orchestrator.core.effects import Record, SendCommand
@@ -32,6 +31,9 @@ from orchestrator.definitions.registry import DefinitionRegistry
 from orchestrator.definitions.schema import validate_input
 from orchestrator.errors import SagaError
 from orchestrator.store import DuplicateSaga, OutboxMessage, SagaRecord, Store, UnitOfWork
+from orchestrator.telemetry.identity import SagaTrace
+from orchestrator.telemetry.sagas import Observation, SagaTelemetry
+from orchestrator.telemetry.setup import Telemetry
 from orchestrator.topology import COMMANDS_EXCHANGE, REPLY_QUEUE
 
 log = logging.getLogger(__name__)
@@ -71,6 +73,8 @@ class Engine:
     on_commit: OnCommit
     clock: Clock = utc_now
     ids: Callable[[], str] = new_id
+    telemetry: SagaTelemetry = field(default_factory=lambda: SagaTelemetry(Telemetry.off()))
+    """Spans and metrics of every committed decision (see :mod:`orchestrator.telemetry`)."""
 
     # -- start ------------------------------------------------------------------
 
@@ -91,6 +95,7 @@ class Engine:
             return reply
         definition = self.registry.get(request.saga_name, request.saga_version)
         outbox: list[OutboxMessage] = []
+        observation: Observation | None = None
         async with self.store.transaction() as uow:
             if not await uow.mark_processed(START_CONSUMER, request.message_id, now):
                 return None
@@ -100,12 +105,12 @@ class Engine:
             if existing is None:
                 saga_id = self.ids()
                 decision = start(saga_id, definition, request.input, now)
-                trace = _trace_dict(request.trace)
+                trace = SagaTrace.begin(saga_id, request.trace)
                 try:
                     await uow.insert(
                         decision.state,
                         idempotency_key=request.idempotency_key,
-                        trace_context=trace,
+                        trace_context=trace.to_stored(),
                         now=now,
                     )
                 except DuplicateSaga:
@@ -118,14 +123,17 @@ class Engine:
                         raise
                 else:
                     outbox.extend(await self._apply_effects(uow, saga_id, decision, trace, now))
+                    observation = Observation(None, decision, trace, now)
                     reply = self._accepted(request, saga_id, created=True)
             if existing is not None:
                 reply = self._accepted(request, existing, created=False)
             if reply_to:
                 reply_message = self._reply_message(reply, reply_to)
                 ids = await uow.enqueue([reply_message], now)
-                outbox.append(_with_id(reply_message, ids[0]))
+                outbox.append(_with_id(reply_message, ids[0], now))
         self.on_commit(outbox)
+        if observation is not None:
+            self.telemetry.observe(observation, now)
         return reply
 
     def _check_start(self, request: StartRequest) -> tuple[str, str] | None:
@@ -167,7 +175,7 @@ class Engine:
         message = self._reply_message(reply, reply_to)
         async with self.store.transaction() as uow:
             ids = await uow.enqueue([message], now)
-        self.on_commit([_with_id(message, ids[0])])
+        self.on_commit([_with_id(message, ids[0], now)])
 
     # -- replies and timers -----------------------------------------------------
 
@@ -201,14 +209,16 @@ class Engine:
                 )
                 return None
             decision = decide(record.state, event, now)
-            outbox = await self._save(uow, record, decision, now)
+            outbox, observation = await self._save(uow, record, decision, now)
         self.on_commit(outbox)
+        self.telemetry.observe(observation, now)
         return decision
 
     async def fire_due(self, limit: int = TIMER_BATCH) -> int:
         """Act on deadlines that have passed; returns how many were claimed."""
         now = self.clock()
         outbox: list[OutboxMessage] = []
+        observations: list[Observation] = []
         async with self.store.transaction() as uow:
             due = await uow.claim_due(now, limit)
             for timer in due:
@@ -217,8 +227,12 @@ class Engine:
                     continue
                 event = TimerFired(timer.step, timer.kind, timer.attempt, timer.purpose)
                 decision = decide(record.state, event, now)
-                outbox.extend(await self._save(uow, record, decision, now))
+                messages, observation = await self._save(uow, record, decision, now)
+                outbox.extend(messages)
+                observations.append(observation)
         self.on_commit(outbox)
+        for observation in observations:
+            self.telemetry.observe(observation, now)
         return len(due)
 
     async def operate(self, saga_id: str, event: Event) -> Decision:
@@ -231,27 +245,30 @@ class Engine:
             decision = decide(record.state, event, now)
             if decision.refusal is not None:
                 raise OperatorRefused(decision.refusal)
-            outbox = await self._save(uow, record, decision, now)
+            outbox, observation = await self._save(uow, record, decision, now)
         self.on_commit(outbox)
+        self.telemetry.observe(observation, now)
         return decision
 
     # -- writing ----------------------------------------------------------------
 
     async def _save(
         self, uow: UnitOfWork, record: SagaRecord, decision: Decision, now: datetime
-    ) -> list[OutboxMessage]:
+    ) -> tuple[list[OutboxMessage], Observation]:
+        """Write the decision; the messages to publish and what to observe after the commit."""
         if decision.changed:
             await uow.update(decision.state, expected_version=record.version, now=now)
-        return await self._apply_effects(
-            uow, record.state.saga_id, decision, record.trace_context, now
-        )
+        saga_id = record.state.saga_id
+        trace = SagaTrace.stored(saga_id, record.trace_context)
+        outbox = await self._apply_effects(uow, saga_id, decision, trace, now)
+        return outbox, Observation(record.state, decision, trace, record.created_at)
 
     async def _apply_effects(
         self,
         uow: UnitOfWork,
         saga_id: str,
         decision: Decision,
-        trace: dict[str, str] | None,
+        trace: SagaTrace,
         now: datetime,
     ) -> list[OutboxMessage]:
         records = [effect for effect in decision.effects if isinstance(effect, Record)]
@@ -265,10 +282,12 @@ class Engine:
         if not commands:
             return []
         ids = await uow.enqueue(commands, now)
-        return [_with_id(message, row_id) for message, row_id in zip(commands, ids, strict=True)]
+        return [
+            _with_id(message, row_id, now) for message, row_id in zip(commands, ids, strict=True)
+        ]
 
     def _command_message(
-        self, decision: Decision, effect: SendCommand, trace: dict[str, str] | None
+        self, decision: Decision, effect: SendCommand, trace: SagaTrace
     ) -> OutboxMessage:
         state = decision.state
         command = StepCommand(
@@ -283,7 +302,7 @@ class Engine:
             idempotency_key=effect.idempotency_key,
             action_key=effect.action_key,
             payload=effect.payload,
-            trace=_trace_model(trace),
+            trace=trace.command_context(effect.idempotency_key, effect.attempt),
         )
         wire = encode(command)
         return OutboxMessage(
@@ -300,20 +319,5 @@ class Engine:
         )
 
 
-def _with_id(message: OutboxMessage, row_id: int) -> OutboxMessage:
-    return replace(message, id=row_id)
-
-
-def _trace_dict(trace: TraceContext | None) -> dict[str, str] | None:
-    if trace is None:
-        return None
-    out = {"traceparent": trace.traceparent}
-    if trace.tracestate:
-        out["tracestate"] = trace.tracestate
-    return out
-
-
-def _trace_model(trace: dict[str, str] | None) -> TraceContext | None:
-    if not trace or "traceparent" not in trace:
-        return None
-    return TraceContext(traceparent=trace["traceparent"], tracestate=trace.get("tracestate"))
+def _with_id(message: OutboxMessage, row_id: int, now: datetime) -> OutboxMessage:
+    return replace(message, id=row_id, created_at=now)

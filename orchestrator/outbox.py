@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 
 from orchestrator.store import OutboxMessage, Store, StoreError
+from orchestrator.telemetry.sagas import SagaTelemetry
 from orchestrator.transport import PublishFailed, Transport, Unroutable
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,7 @@ class OutboxRelay:
         sweep_interval: float = 1.0,
         sweep_grace: timedelta = timedelta(seconds=5),
         batch: int = 500,
+        telemetry: SagaTelemetry | None = None,
     ) -> None:
         self._store = store
         self._transport = transport
@@ -43,6 +45,7 @@ class OutboxRelay:
         self._sweep_interval = sweep_interval
         self._sweep_grace = sweep_grace
         self._batch = batch
+        self._telemetry = telemetry
         self._tasks: set[asyncio.Task[None]] = set()
         self._in_flight: set[int] = set()
         """Rows this relay is publishing right now: a sweep must not publish them again."""
@@ -74,10 +77,14 @@ class OutboxRelay:
 
     async def _publish(self, messages: Sequence[OutboxMessage]) -> int:
         results = await asyncio.gather(*(self._publish_one(m) for m in messages))
-        sent = [m.id for m, ok in zip(messages, results, strict=True) if ok and m.id is not None]
+        confirmed = [m for m, ok in zip(messages, results, strict=True) if ok and m.id is not None]
+        sent = [m.id for m in confirmed if m.id is not None]
         if sent:
+            now = self._clock()
+            if self._telemetry is not None:
+                self._telemetry.outbox_sent(confirmed, now)
             try:
-                await self._store.mark_sent(sent, self._clock())
+                await self._store.mark_sent(sent, now)
             except StoreError:
                 # They were confirmed; the sweep will send them again (a duplicate, which
                 # receivers drop) once the database is back.

@@ -18,11 +18,16 @@ from collections.abc import Awaitable, Callable
 from contracts import MessageRejected, StartRequest, StepReply, decode
 from orchestrator.definitions.registry import DefinitionRegistry
 from orchestrator.engine import Engine, utc_now
+from orchestrator.logs import saga_log_context
 from orchestrator.outbox import OutboxRelay
 from orchestrator.settings import Settings
 from orchestrator.store import StaleVersion, Store, StoreUnavailable
+from orchestrator.telemetry.broker import DlqDepthGauge
+from orchestrator.telemetry.identity import trace_id_of
+from orchestrator.telemetry.sagas import SagaTelemetry
+from orchestrator.telemetry.setup import Telemetry
 from orchestrator.timers import TimerLoop
-from orchestrator.topology import REPLY_QUEUE, START_QUEUE, orchestrator_topology
+from orchestrator.topology import DLQ_SUFFIX, REPLY_QUEUE, START_QUEUE, orchestrator_topology
 from orchestrator.transport import Delivery, Subscription, Transport
 
 log = logging.getLogger(__name__)
@@ -37,13 +42,17 @@ class OrchestratorService:
         registry: DefinitionRegistry,
         store: Store,
         transport: Transport,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self.settings = settings
         self.registry = registry
         self.store = store
         self.transport = transport
-        self.relay = OutboxRelay(store, transport, utc_now)
-        self.engine = Engine(store, registry, on_commit=self.relay.submit)
+        self.telemetry = telemetry or Telemetry.off()
+        saga_telemetry = SagaTelemetry(self.telemetry)
+        self.relay = OutboxRelay(store, transport, utc_now, telemetry=saga_telemetry)
+        self.engine = Engine(store, registry, on_commit=self.relay.submit, telemetry=saga_telemetry)
+        self._dlq_gauge: DlqDepthGauge | None = None
         self.timers = TimerLoop(self.engine)
         self._subscriptions: list[Subscription] = []
         self._background: list[asyncio.Task[None]] = []
@@ -55,11 +64,16 @@ class OrchestratorService:
     async def start(self) -> None:
         """Check the schema, declare the topology, start the loops, then consume."""
         await self.store.check_schema()
-        await self.transport.declare(orchestrator_topology(self.registry.participants()))
+        topology = orchestrator_topology(self.registry.participants())
+        await self.transport.declare(topology)
         self._background = [
             asyncio.create_task(self.relay.run(), name="outbox-relay"),
             asyncio.create_task(self.timers.run(), name="timers"),
         ]
+        if self.telemetry.measuring:
+            dlqs = [queue.name for queue in topology.queues if queue.name.endswith(DLQ_SUFFIX)]
+            self._dlq_gauge = DlqDepthGauge(self.telemetry, self.settings.amqp_url, dlqs)
+            self._background.append(asyncio.create_task(self._dlq_gauge.run(), name="dlq-depth"))
         prefetch = self.settings.prefetch
         self._subscriptions = [
             await self.transport.consume(START_QUEUE, self._on_start, prefetch=prefetch),
@@ -80,12 +94,16 @@ class OrchestratorService:
         await self._idle.wait()
         self.timers.stop()
         self.relay.stop()
+        if self._dlq_gauge is not None:
+            self._dlq_gauge.stop()
         for task in self._background:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.relay.flush()
         await self.transport.close()
         await self.store.close()
+        # Flushing waits for the exporter (bounded by its timeout): off the event loop.
+        await asyncio.to_thread(self.telemetry.shutdown)
         log.info("orchestrator stopped")
 
     # -- consumers --------------------------------------------------------------
@@ -103,7 +121,9 @@ class OrchestratorService:
     async def _on_reply(self, delivery: Delivery) -> None:
         async def apply() -> None:
             reply = decode(delivery.body, delivery.headers, expect=StepReply, max_bytes=cap)
-            await self._with_store_retry(lambda: self.engine.on_reply(reply))
+            trace_id = trace_id_of(reply.trace)
+            with saga_log_context(reply.saga_id, step=reply.step, trace_id=trace_id):
+                await self._with_store_retry(lambda: self.engine.on_reply(reply))
 
         cap = self.settings.max_message_bytes
         await self._handle(delivery, apply)

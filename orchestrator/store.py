@@ -72,6 +72,8 @@ class OutboxMessage:
     saga_id: str | None = None
     id: int | None = None
     """The outbox row id, set once stored."""
+    created_at: datetime | None = None
+    """When the row was committed (for the outbox lag metric), set once stored."""
 
 
 @dataclass(frozen=True)

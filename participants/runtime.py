@@ -16,24 +16,30 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
+from opentelemetry import trace as trace_api
 from pydantic import ValidationError
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from contracts import EncodeError, MessageRejected, StepCommand, StepReply, decode, encode
+from orchestrator.logs import saga_log_context
 from orchestrator.store import StoreUnavailable
 from orchestrator.stores.errors import translate
+from orchestrator.telemetry.identity import trace_id_of
+from orchestrator.telemetry.setup import Telemetry
 from orchestrator.topology import REPLY_QUEUE, participant_queue, participant_topology
 from orchestrator.transport import Delivery, Subscription, Transport, publish_wire
 from participants import inbox
 from participants.app import CommandHandler, Participant
 from participants.context import StepContext
 from participants.errors import PermanentError, StepError, valid_text
+from participants.telemetry import ParticipantTelemetry
 
 log = logging.getLogger("participants")
 
@@ -91,8 +97,11 @@ class ParticipantService:
         settings: ParticipantSettings,
         engine: AsyncEngine,
         transport: Transport,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self.participant = participant
+        self.telemetry = telemetry or Telemetry.off()
+        self._observe = ParticipantTelemetry(self.telemetry, participant.name)
         self.settings = settings
         self.engine = engine
         self.transport = transport
@@ -134,19 +143,22 @@ class ParticipantService:
             log.warning("handlers still running after the grace period; they will be redelivered")
         await self.transport.close()
         await self.engine.dispose()
+        # Flushing waits for the exporter (bounded by its timeout): off the event loop.
+        await asyncio.to_thread(self.telemetry.shutdown)
 
     async def handle(self, delivery: Delivery) -> None:
         """Handle one delivery from the participant's queue."""
         self._in_flight += 1
         self._idle.clear()
         try:
-            await self._handle(delivery)
+            with self._observe.processing(delivery) as span:
+                await self._handle(delivery, span)
         finally:
             self._in_flight -= 1
             if self._in_flight == 0:
                 self._idle.set()
 
-    async def _handle(self, delivery: Delivery) -> None:
+    async def _handle(self, delivery: Delivery, span: trace_api.Span) -> None:
         try:
             command = decode(
                 delivery.body,
@@ -156,6 +168,7 @@ class ParticipantService:
             )
         except MessageRejected as exc:
             log.warning("dead-lettering a message from %s: %s", delivery.queue, exc)
+            self._observe.dead_lettered(span, str(exc))
             await delivery.dead_letter(str(exc))
             return
         assert isinstance(command, StepCommand)
@@ -163,8 +176,39 @@ class ParticipantService:
         if handler is None:
             reason = f"no handler for command '{command.command}'"
             log.error("%s (saga %s, step %s)", reason, command.saga_id, command.step)
+            self._observe.dead_lettered(span, reason)
             await delivery.dead_letter(reason)
             return
+        started = time.perf_counter()
+        with (
+            saga_log_context(
+                command.saga_id, step=command.step, trace_id=trace_id_of(command.trace)
+            ),
+            self._observe.handling(command) as handler_span,
+        ):
+            outcome = await self._run_until_stored(command, handler)
+            if outcome is None:
+                return
+            self._observe.handled(
+                handler_span,
+                command,
+                outcome.reply,
+                from_inbox=not outcome.ran_handler,
+                seconds=time.perf_counter() - started,
+            )
+        if outcome.ran_handler:
+            self.handler_runs += 1
+        else:
+            self.inbox_answers += 1
+        if await self._reply(outcome.reply, delivery.reply_to or REPLY_QUEUE):
+            await delivery.ack()
+        else:
+            await delivery.requeue()
+
+    async def _run_until_stored(
+        self, command: StepCommand, handler: CommandHandler
+    ) -> _Outcome | None:
+        """Run the command, holding it through a database outage; None when stopping first."""
         delay = 0.2
         while True:
             try:
@@ -176,19 +220,12 @@ class ParticipantService:
                 # it unsettled, and the broker hands it out again.
                 if self._stopping.is_set():
                     log.warning("stopping with a command not run: %s", exc)
-                    return
+                    return None
                 log.warning("participant database unavailable (%s); retrying in %.1fs", exc, delay)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), delay)
                 delay = min(delay * 2, 5.0)
-        if outcome.ran_handler:
-            self.handler_runs += 1
-        else:
-            self.inbox_answers += 1
-        if await self._reply(outcome.reply, delivery.reply_to or REPLY_QUEUE):
-            await delivery.ack()
-        else:
-            await delivery.requeue()
+        return outcome
 
     async def _run(self, command: StepCommand, handler: CommandHandler) -> _Outcome:
         key = command.idempotency_key

@@ -20,6 +20,7 @@ from orchestrator.service import OrchestratorService
 from orchestrator.settings import Settings
 from orchestrator.stores.engine import create_engine
 from orchestrator.stores.sql import SqlStore
+from orchestrator.telemetry.setup import Telemetry, TelemetrySettings
 from orchestrator.transports.amqp import AmqpTransport
 from participants.app import Participant
 from participants.errors import ParticipantLoadError
@@ -45,7 +46,8 @@ def run_orchestrator(definitions_dir: Path | None) -> None:
         settings = replace(settings, definitions_dir=definitions_dir)
     configure_logging(LogSettings.from_env(os.environ))
     registry = _load_registry(settings.definitions_dir)
-    asyncio.run(_run_orchestrator(settings, registry))
+    telemetry = TelemetrySettings.from_env(os.environ, service_name="saga-orchestrator")
+    asyncio.run(_run_orchestrator(settings, registry, telemetry))
 
 
 def _load_registry(folder: Path) -> DefinitionRegistry:
@@ -61,7 +63,9 @@ def _load_registry(folder: Path) -> DefinitionRegistry:
         ) from None
 
 
-async def _run_orchestrator(settings: Settings, registry: DefinitionRegistry) -> None:
+async def _run_orchestrator(
+    settings: Settings, registry: DefinitionRegistry, telemetry: TelemetrySettings
+) -> None:
     store = await SqlStore.connect(settings.database_url)
     transport = AmqpTransport(settings.amqp_url, name="saga-orchestrator")
     try:
@@ -69,7 +73,9 @@ async def _run_orchestrator(settings: Settings, registry: DefinitionRegistry) ->
     except SagaError:
         await store.close()
         raise
-    service = OrchestratorService(settings, registry, store, transport)
+    service = OrchestratorService(
+        settings, registry, store, transport, Telemetry.start(telemetry, install_global=True)
+    )
     await serve(service.start, service.stop)
 
 
@@ -119,5 +125,8 @@ async def _run_participant(app: Participant, settings: ParticipantSettings) -> N
     engine = create_engine(settings.database_url)
     transport = AmqpTransport(settings.amqp_url, name=f"saga-participant-{app.name}")
     await transport.connect()
-    service = ParticipantService(app, settings, engine, transport)
+    telemetry = TelemetrySettings.from_env(os.environ, service_name=f"saga-participant-{app.name}")
+    service = ParticipantService(
+        app, settings, engine, transport, Telemetry.start(telemetry, install_global=True)
+    )
     await serve(service.start, service.stop)

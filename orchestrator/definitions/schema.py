@@ -20,7 +20,14 @@ from referencing.jsonschema import DRAFT202012
 from orchestrator.definitions.cache import IdentityCache
 from orchestrator.definitions.model import SagaDefinition
 
-__all__ = ["REDACTED", "redact", "schema_problems", "secret_paths", "validate_input"]
+__all__ = [
+    "REDACTED",
+    "redact",
+    "schema_problems",
+    "secret_paths",
+    "secret_values",
+    "validate_input",
+]
 
 REDACTED = "***"
 """What a secret value is shown as."""
@@ -124,6 +131,15 @@ def redact(value: JSON, paths: frozenset[str], prefix: str = "") -> JSON:
             redact(v, paths, f"{prefix}.{i}" if prefix else str(i)) for i, v in enumerate(value)
         ]
     return value
+
+
+def secret_values(definition: SagaDefinition, value: JSON) -> list[str]:
+    """The secret strings in a saga's input (longest first), to scrub from free text such as
+    a participant's error message before it reaches a log line or a span."""
+    paths = secret_paths(definition)
+    if not paths:
+        return []
+    return [text for text in _secret_values(value, paths) if text[:1] not in "'\""]
 
 
 def _is_secret(dotted: str, paths: frozenset[str]) -> bool:

@@ -257,6 +257,7 @@ def outbox_message(row: Row) -> OutboxMessage:
         type=row["type"],
         saga_id=row["saga_id"],
         id=row["id"],
+        created_at=row["created_at"],
     )
 
 

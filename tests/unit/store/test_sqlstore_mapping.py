@@ -131,7 +131,7 @@ def test_history_and_outbox_rows_round_trip() -> None:
     )
     message = OutboxMessage("m", "ex", "rk", b"\x00body", {"h": 1}, saga_id="s")
     row = mapping.outbox_row(message, now) | {"id": 5}
-    assert mapping.outbox_message(row) == replace(message, id=5)
+    assert mapping.outbox_message(row) == replace(message, id=5, created_at=now)
 
 
 def test_a_due_timer_carries_the_attempt_of_its_kind() -> None:
