@@ -16,12 +16,14 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 from contracts import (
+    Header,
     StartReply,
     StartRequest,
     StepCommand,
     StepReply,
     encode,
 )
+from orchestrator import crashpoints
 from orchestrator.core.effects import Record, SendCommand
 from orchestrator.core.events import Event, ReplyFailed, ReplySucceeded, TimerFired
 from orchestrator.core.machine import Decision, decide, start
@@ -131,7 +133,7 @@ class Engine:
                 reply_message = self._reply_message(reply, reply_to)
                 ids = await uow.enqueue([reply_message], now)
                 outbox.append(_with_id(reply_message, ids[0], now))
-        self.on_commit(outbox)
+        self._committed(outbox)
         if observation is not None:
             self.telemetry.observe(observation, now)
         return reply
@@ -175,7 +177,7 @@ class Engine:
         message = self._reply_message(reply, reply_to)
         async with self.store.transaction() as uow:
             ids = await uow.enqueue([message], now)
-        self.on_commit([_with_id(message, ids[0], now)])
+        self._committed([_with_id(message, ids[0], now)])
 
     # -- replies and timers -----------------------------------------------------
 
@@ -210,7 +212,8 @@ class Engine:
                 return None
             decision = decide(record.state, event, now)
             outbox, observation = await self._save(uow, record, decision, now)
-        self.on_commit(outbox)
+            crashpoints.crash("orchestrator.before_reply_commit")
+        self._committed(outbox)
         self.telemetry.observe(observation, now)
         return decision
 
@@ -230,7 +233,7 @@ class Engine:
                 messages, observation = await self._save(uow, record, decision, now)
                 outbox.extend(messages)
                 observations.append(observation)
-        self.on_commit(outbox)
+        self._committed(outbox)
         for observation in observations:
             self.telemetry.observe(observation, now)
         return len(due)
@@ -246,11 +249,18 @@ class Engine:
             if decision.refusal is not None:
                 raise OperatorRefused(decision.refusal)
             outbox, observation = await self._save(uow, record, decision, now)
-        self.on_commit(outbox)
+        self._committed(outbox)
         self.telemetry.observe(observation, now)
         return decision
 
     # -- writing ----------------------------------------------------------------
+
+    def _committed(self, outbox: Sequence[OutboxMessage]) -> None:
+        """Hand freshly committed outbox rows to the relay."""
+        crashpoints.crash("orchestrator.after_commit_before_publish")
+        if any(m.headers.get(Header.SAGA_KIND) == "compensation" for m in outbox):
+            crashpoints.crash("orchestrator.mid_compensation")
+        self.on_commit(outbox)
 
     async def _save(
         self, uow: UnitOfWork, record: SagaRecord, decision: Decision, now: datetime

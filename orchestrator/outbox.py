@@ -15,6 +15,7 @@ import logging
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 
+from orchestrator import crashpoints
 from orchestrator.store import OutboxMessage, Store, StoreError
 from orchestrator.telemetry.sagas import SagaTelemetry
 from orchestrator.transport import PublishFailed, Transport, Unroutable
@@ -80,6 +81,7 @@ class OutboxRelay:
         confirmed = [m for m, ok in zip(messages, results, strict=True) if ok and m.id is not None]
         sent = [m.id for m in confirmed if m.id is not None]
         if sent:
+            crashpoints.crash("orchestrator.after_confirm_before_mark_sent")
             now = self._clock()
             if self._telemetry is not None:
                 self._telemetry.outbox_sent(confirmed, now)
@@ -95,6 +97,7 @@ class OutboxRelay:
 
     async def _publish_one(self, message: OutboxMessage) -> bool:
         try:
+            crashpoints.crash_soon("orchestrator.during_publish")
             await self._transport.publish(
                 exchange=message.exchange,
                 routing_key=message.routing_key,

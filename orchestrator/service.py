@@ -16,6 +16,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from contracts import MessageRejected, StartRequest, StepReply, decode
+from orchestrator import crashpoints
 from orchestrator.definitions.registry import DefinitionRegistry
 from orchestrator.engine import Engine, utc_now
 from orchestrator.logs import saga_log_context
@@ -139,6 +140,8 @@ class OrchestratorService:
                 log.warning("dead-lettering a message from %s: %s", delivery.queue, exc)
                 await delivery.dead_letter(str(exc))
                 return
+            if delivery.queue == REPLY_QUEUE:
+                crashpoints.crash("orchestrator.after_commit_before_ack")
             await delivery.ack()
         finally:
             self._in_flight -= 1

@@ -31,6 +31,8 @@ class Settings:
     """Deliveries in hand per consumer (bounded: the broker holds the rest)."""
     max_message_bytes: int = 256 * 1024
     """Bodies larger than this are dead-lettered before parsing."""
+    crash_at: str | None = None
+    """Fault tests only: ``SAGA_CRASH_AT`` (see :mod:`orchestrator.crashpoints`)."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
@@ -41,6 +43,7 @@ class Settings:
             definitions_dir=Path(environ.get("SAGA_DEFINITIONS", DEFAULT_DEFINITIONS)),
             prefetch=_int(environ, "SAGA_PREFETCH", cls.prefetch),
             max_message_bytes=_int(environ, "SAGA_MAX_MESSAGE_BYTES", cls.max_message_bytes),
+            crash_at=environ.get("SAGA_CRASH_AT") or None,
         )
 
 

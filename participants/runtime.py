@@ -28,6 +28,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from contracts import EncodeError, MessageRejected, StepCommand, StepReply, decode, encode
+from orchestrator import crashpoints
 from orchestrator.logs import saga_log_context
 from orchestrator.store import StoreUnavailable
 from orchestrator.stores.errors import translate
@@ -55,6 +56,8 @@ class ParticipantSettings:
     prefetch: int = 20
     grace_seconds: float = 30.0
     max_message_bytes: int = 256 * 1024
+    crash_at: str | None = None
+    """Fault tests only: ``SAGA_CRASH_AT`` (see :mod:`orchestrator.crashpoints`)."""
 
     @classmethod
     def from_env(cls, name: str, environ: Mapping[str, str]) -> ParticipantSettings:
@@ -66,6 +69,7 @@ class ParticipantSettings:
                 "SAGA_PARTICIPANT_DATABASE_URL", f"sqlite+aiosqlite:///./{name}.db"
             ),
             max_message_bytes=int(max_bytes) if max_bytes.isdigit() else cls.max_message_bytes,
+            crash_at=environ.get("SAGA_CRASH_AT") or None,
         )
 
 
@@ -201,6 +205,7 @@ class ParticipantService:
         else:
             self.inbox_answers += 1
         if await self._reply(outcome.reply, delivery.reply_to or REPLY_QUEUE):
+            crashpoints.crash("participant.after_reply_before_ack")
             await delivery.ack()
         else:
             await delivery.requeue()
@@ -270,6 +275,7 @@ class ParticipantService:
                     payload = handler.parse(command.payload)
                     value = await handler.func(payload, context)
                     success = _checked_success(command, value)
+                    crashpoints.crash("participant.before_commit")
                     await session.commit()
                 except PermanentError as exc:
                     await session.rollback()
@@ -289,6 +295,7 @@ class ParticipantService:
                     conn, key=key, status=inbox.InboxStatus.SUCCEEDED, result=success.result
                 )
                 await conn.commit()
+                crashpoints.crash("participant.after_commit_before_reply")
                 return _Outcome(success, ran_handler=True)
         except StepError as exc:
             logger.info("handler failed, retryable: %s", exc)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import click
 
+from orchestrator import crashpoints
 from orchestrator.definitions.errors import DefinitionInvalid
 from orchestrator.definitions.registry import DefinitionRegistry
 from orchestrator.errors import SagaError
@@ -45,6 +46,7 @@ def run_orchestrator(definitions_dir: Path | None) -> None:
     if definitions_dir is not None:
         settings = replace(settings, definitions_dir=definitions_dir)
     configure_logging(LogSettings.from_env(os.environ))
+    crashpoints.arm(settings.crash_at)
     registry = _load_registry(settings.definitions_dir)
     telemetry = TelemetrySettings.from_env(os.environ, service_name="saga-orchestrator")
     asyncio.run(_run_orchestrator(settings, registry, telemetry))
@@ -91,6 +93,7 @@ def run_participant(target: str) -> None:
     app = load_participant(target)
     settings = ParticipantSettings.from_env(app.name, os.environ)
     configure_logging(LogSettings.from_env(os.environ))
+    crashpoints.arm(settings.crash_at)
     asyncio.run(_run_participant(app, settings))
 
 
