@@ -153,8 +153,10 @@ class _Observer:
                 self.owner.retries.add(1, labels)
             elif effect.type in _ENDS:
                 kind, outcome = _ENDS[effect.type]
-                if effect.type is HistoryType.STEP_TIMED_OUT:
-                    labels = {"saga.name": self.name, "saga.step": effect.step}
+                if effect.detail.get("code") == "timeout" and effect.attempt is not None:
+                    outcome = "timed_out"  # a compensation's timeout is recorded as a failure
+                if outcome == "timed_out":
+                    labels = {"saga.name": self.name, "saga.step": effect.step, "saga.kind": kind}
                     self.owner.timeouts.add(1, labels)
                 self.attempt_ended(effect, kind, outcome)
             elif effect.type is HistoryType.OPERATOR_ABORT and effect.step is not None:

@@ -105,7 +105,7 @@ def _port(raw: str) -> int | None:
     raw = raw.strip()
     if not raw:
         return None
-    if not raw.isdigit() or not 0 < int(raw) < 65536:
+    if not (raw.isascii() and raw.isdigit()) or not 0 < int(raw) < 65536:
         raise SettingsError(f"SAGA_METRICS_PORT must be a port number (1-65535), not {raw!r}")
     return int(raw)
 
