@@ -1,4 +1,4 @@
-"""Fixtures for tests against real services.
+"""Fixtures for tests against real services (tests/integration and tests/faults).
 
 ``amqp_url`` is a fresh RabbitMQ vhost per test; ``rig`` (runtime tests) an in-process
 orchestrator and the test participants on that vhost and on ``database_url``.
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,6 +26,18 @@ from orchestrator.stores import SqlStore
 
 if TYPE_CHECKING:
     from harness import Rig
+
+
+SEED_ENV = "SAGA_TEST_SEED"
+
+
+@pytest.fixture
+def seed(request: pytest.FixtureRequest) -> int:
+    """The seed of a test's randomness: ``SAGA_TEST_SEED`` or a fresh one, printed."""
+    raw = os.environ.get(SEED_ENV)
+    value = int(raw) if raw else secrets.randbits(32)
+    print(f"\n{request.node.name}: seed {value} (repeat with {SEED_ENV}={value})")
+    return value
 
 
 @pytest.fixture(scope="session")

@@ -85,12 +85,13 @@ async def test_outbox_messages_wait_until_marked_sent(migrated_store: SqlStore) 
 
     later = T0 + timedelta(minutes=1)
     async with migrated_store.transaction() as uow:
-        [late_id] = await uow.enqueue([message(3)], later)
+        late = message(3)
+        [late_id] = await uow.enqueue([late], later)
 
     unsent = await migrated_store.unsent(0)
-    assert unsent == [replace(m, id=i) for m, i in zip(messages, ids, strict=True)] + [
-        replace(unsent[3], id=late_id)
-    ]
+    assert unsent == [
+        replace(m, id=i, created_at=T0) for m, i in zip(messages, ids, strict=True)
+    ] + [replace(late, id=late_id, created_at=later)]
     assert unsent[0].body == messages[0].body  # bytes, NUL and 0xff included
     assert [m.id for m in await migrated_store.unsent(2)] == ids[:2]
     assert [m.id for m in await migrated_store.unsent(10, older_than=T0)] == ids

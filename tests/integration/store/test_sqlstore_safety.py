@@ -107,7 +107,7 @@ async def test_sql_metacharacters_and_big_values_are_stored_literally(
     assert record.trace_context == {HOSTILE: BIG}
     [entry] = await migrated_store.history(state.saga_id)
     assert (entry.step, entry.detail) == (HOSTILE, {HOSTILE: BIG})
-    assert await migrated_store.unsent(0) == [replace(hostile_message, id=outbox_id)]
+    assert await migrated_store.unsent(0) == [replace(hostile_message, id=outbox_id, created_at=T0)]
     async with migrated_store.transaction() as uow:
         assert await uow.find_by_key("order", HOSTILE) == state.saga_id
         assert await uow.find_by_key("order", "%") is None
