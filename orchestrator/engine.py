@@ -203,6 +203,7 @@ class Engine:
         now = self.clock()
         async with self.store.transaction() as uow:
             if not await uow.mark_processed(REPLY_CONSUMER, reply.message_id, now):
+                log.info("reply %s was applied before; this copy is dropped", reply.message_id)
                 return None
             record = await uow.load(reply.saga_id)
             if record is None:

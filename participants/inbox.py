@@ -63,6 +63,20 @@ inbox = sa.Table(
 )
 sa.Index("ix_saga_inbox_updated_at", inbox.c.updated_at)
 
+suspects = sa.Table(
+    "saga_inbox_suspects",
+    metadata,
+    sa.Column("message_id", sa.String(400), primary_key=True),
+    sa.Column("deaths", sa.Integer, nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)
+"""Redelivered commands being run: a row that outlives its run means the process died in it.
+
+Only a redelivered command gets a row (its earlier delivery ended without an answer), so
+the common path pays nothing. The row is written and committed before the handler runs and
+deleted once the run has an answer; a command whose runs keep killing the participant is a
+poison message (see :func:`suspect`)."""
+
 
 def _insert(dialect: str) -> Any:
     if dialect == "postgresql":
@@ -148,12 +162,44 @@ async def finish(
     )
 
 
+def _insert_suspect(dialect: str) -> Any:
+    if dialect == "postgresql":
+        return postgresql.insert(suspects)
+    return sqlite.insert(suspects)
+
+
+async def suspect(engine: AsyncEngine, message_id: str) -> int:
+    """A redelivered command is about to run: how many times the process died running it.
+
+    Its first delivery ended without an answer (one death, or a lost connection); every run
+    of a redelivery that left its row behind is one more. Commits before returning, so the
+    count survives the death this run may cause."""
+    now = datetime.now(UTC)
+    statement = _insert_suspect(engine.dialect.name).values(
+        message_id=message_id, deaths=1, updated_at=now
+    )
+    statement = statement.on_conflict_do_update(
+        index_elements=["message_id"],
+        set_={"deaths": suspects.c.deaths + 1, "updated_at": now},
+    ).returning(suspects.c.deaths)
+    async with engine.begin() as conn:
+        deaths = (await conn.execute(statement)).scalar_one()
+    return int(deaths)
+
+
+async def cleared(engine: AsyncEngine, message_id: str) -> None:
+    """A redelivered command's run has its answer: it is not poison after all."""
+    async with engine.begin() as conn:
+        await conn.execute(sa.delete(suspects).where(suspects.c.message_id == message_id))
+
+
 async def prune(engine: AsyncEngine, *, before: datetime) -> int:
-    """Delete finished rows last touched before ``before``; returns how many."""
+    """Delete finished rows (and suspects) last touched before ``before``; how many."""
     async with engine.begin() as conn:
         result = await conn.execute(
             sa.delete(inbox).where(
                 inbox.c.updated_at < before, inbox.c.status != InboxStatus.RUNNING
             )
         )
-        return int(result.rowcount)
+        stale = await conn.execute(sa.delete(suspects).where(suspects.c.updated_at < before))
+        return int(result.rowcount) + int(stale.rowcount)

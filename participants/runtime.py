@@ -45,6 +45,11 @@ from participants.telemetry import ParticipantTelemetry
 log = logging.getLogger("participants")
 
 CANCELLED_CODE = "cancelled"
+POISON_DEATHS = 2
+"""Deaths of the process while running one command after which it is dead-lettered as
+poison: below the participant queue's delivery limit (5), which also counts the commands
+that were merely in flight beside the poison when the process died."""
+_DB_ERRORS = (sa_exc.SQLAlchemyError, OSError)
 
 
 @dataclass(frozen=True)
@@ -121,11 +126,7 @@ class ParticipantService:
 
     async def start(self) -> None:
         """Create the inbox table, declare the queues, start consuming."""
-        await inbox.create_tables(self.engine)
-        if self.participant.metadata is not None:
-            metadata = self.participant.metadata
-            async with self.engine.begin() as conn:
-                await conn.run_sync(metadata.create_all, checkfirst=True)
+        await self._create_tables()
         await self.transport.declare(participant_topology(self.participant.name))
         self._subscription = await self.transport.consume(
             participant_queue(self.participant.name), self.handle, prefetch=self.settings.prefetch
@@ -135,6 +136,26 @@ class ParticipantService:
             self.participant.name,
             ", ".join(self.participant.commands) or "(none)",
         )
+
+    async def _create_tables(self) -> None:
+        """The inbox table and the participant's own tables, if missing.
+
+        Replicas (or participants sharing a database) may start at the same moment: both
+        see no table and both create it, and the loser's CREATE fails as a duplicate. It
+        then looks again, finds the table, and goes on."""
+        for attempt in range(1, 4):
+            try:
+                await inbox.create_tables(self.engine)
+                if self.participant.metadata is not None:
+                    metadata = self.participant.metadata
+                    async with self.engine.begin() as conn:
+                        await conn.run_sync(metadata.create_all, checkfirst=True)
+                return
+            except (sa_exc.IntegrityError, sa_exc.ProgrammingError) as exc:
+                if attempt == 3:
+                    raise
+                log.info("tables created by another process meanwhile (%s); checking again", exc)
+                await asyncio.sleep(0.1 * attempt)
 
     async def stop(self) -> None:
         """Stop consuming; let handlers in flight finish (up to the grace period); close."""
@@ -183,6 +204,9 @@ class ParticipantService:
             self._observe.dead_lettered(span, reason)
             await delivery.dead_letter(reason)
             return
+        suspected = delivery.redelivered and bool(delivery.message_id)
+        if suspected and await self._is_poison(delivery, span):
+            return
         started = time.perf_counter()
         with (
             saga_log_context(
@@ -209,6 +233,31 @@ class ParticipantService:
             await delivery.ack()
         else:
             await delivery.requeue()
+        if suspected:
+            with contextlib.suppress(*_DB_ERRORS):
+                await inbox.cleared(self.engine, delivery.message_id or "")
+
+    async def _is_poison(self, delivery: Delivery, span: trace_api.Span) -> bool:
+        """Dead-letter a redelivered command that killed the process POISON_DEATHS times,
+        before the broker's delivery limit also dead-letters the commands that happened to
+        be in flight beside it at each death. True when it was dead-lettered."""
+        try:
+            deaths = await inbox.suspect(self.engine, delivery.message_id or "")
+        except _DB_ERRORS as exc:
+            log.warning("could not count the deaths of a redelivered command: %s", exc)
+            return False
+        if deaths < POISON_DEATHS:
+            return False
+        reason = (
+            f"the participant died {deaths} times while handling this command"
+            " (a poison message); it is not run again"
+        )
+        log.error("dead-lettering message %s: %s", delivery.message_id, reason)
+        self._observe.dead_lettered(span, reason)
+        await delivery.dead_letter(reason)
+        with contextlib.suppress(*_DB_ERRORS):
+            await inbox.cleared(self.engine, delivery.message_id or "")
+        return True
 
     async def _run_until_stored(
         self, command: StepCommand, handler: CommandHandler
@@ -258,6 +307,12 @@ class ParticipantService:
                 )
                 if existing is not None:
                     await conn.commit()
+                    logger.info(
+                        "%s %s answered from the inbox (already %s)",
+                        command.kind,
+                        command.command,
+                        existing.status,
+                    )
                     return _Outcome(_stored_reply(command, existing), ran_handler=False)
                 session = AsyncSession(bind=conn, join_transaction_mode="create_savepoint")
                 context = StepContext(
