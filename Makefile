@@ -18,7 +18,7 @@ lint: $(STAMP)
 	bash scripts/check-unsafe-yaml
 
 typecheck: $(STAMP)
-	$(BIN)/mypy orchestrator participants contracts tests
+	$(BIN)/mypy orchestrator participants contracts tests scripts/mutation_check.py
 
 test: lint typecheck
 	$(BIN)/pytest -q
@@ -29,8 +29,14 @@ unit: $(STAMP)
 integration: $(STAMP)
 	$(BIN)/pytest -q tests/integration
 
+# Every fault campaign at full size (and those that restart the shared RabbitMQ and
+# PostgreSQL), then the mutation checks; the scoreboard goes to .faults/scoreboard.jsonl.
 test-faults: $(STAMP)
-	$(BIN)/pytest -q -s -m faults tests
+	mkdir -p .faults
+	SAGA_FAULTS_SCALE=full SAGA_FAULTS_REPORT=.faults/scoreboard.jsonl \
+		$(BIN)/pytest -q -s -m '' tests/faults
+	$(BIN)/pytest -q -s -m faults tests/integration
+	$(BIN)/python scripts/mutation_check.py
 
 demo: $(STAMP)
 	$(BIN)/python -m orchestrator.demo

@@ -8,6 +8,8 @@ database) and follows the ``behaviour`` object in its payload:
 - ``{"fail_times": n}``: a RetryableError on attempts 1..n;
 - ``{"delay_first": s}``: attempt 1 sleeps ``s`` seconds before its write (a slow first attempt);
 - ``{"fail_until_file": PATH}``: PermanentError while PATH does not exist (a bug not yet fixed);
+- ``{"exit_until_file": PATH}``: kills the process mid-handler while PATH does not exist (a
+  poison message: every delivery of it crashes the service);
 - ``{"exit_once": PATH}``: the first run (when PATH does not exist) creates PATH and kills
   the process mid-handler, before anything commits.
 """
@@ -49,6 +51,9 @@ def _participant(name: str) -> Participant:
         if marker and not Path(marker).exists():  # noqa: ASYNC240
             Path(marker).write_text("crashed")  # noqa: ASYNC240
             os._exit(137)
+        poison = behaviour.get("exit_until_file")
+        if poison and not Path(poison).exists():  # noqa: ASYNC240 - a test fixture's flag
+            os._exit(137)  # a poison message: the process dies on it every time
         fixed = behaviour.get("fail_until_file")
         if fixed and not Path(fixed).exists():  # noqa: ASYNC240 - a test fixture's flag
             raise PermanentError("not_fixed", f"{name} fails until {fixed} exists")

@@ -1,0 +1,210 @@
+"""Timeouts, retries, compensations, poison and replay under load (R10, R11, R12).
+
+One campaign mixes the ordinary trio sagas with the variants RELIABILITY.md names: a reply
+delayed past the step's timeout (a late reply after the retry was sent), a compensation that
+fails three times before it succeeds, a compensation that always fails (the saga waits for
+an operator as ``failed``), and poison: a command that kills its participant on every
+delivery. Beta dead-letters the poison itself once it has died on it twice, before the
+queue's delivery limit also takes the commands in flight beside it; the poisoned saga times
+out and is compensated, and the others go on untouched. Then the
+bug is "fixed" and the DLQ replayed with the real ``saga dlq`` command: each replayed command
+is answered once (here: as cancelled, since its step was compensated first), a second
+replay finds nothing, and no effect happens twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from broker import RabbitService
+from campaign import Case
+from procs import RUNTIME_DIR
+from testapp import trio_input
+
+from orchestrator.core.state import SagaStatus
+from orchestrator.topology import participant_queue
+
+from .faultrig import FaultRig, scaled
+
+pytestmark = [pytest.mark.rabbitmq, pytest.mark.timeout(1800)]
+
+# b is the step under test: a short timeout, three attempts. a and c wait long, so the
+# restarts of a crash-looping beta never time them out.
+SEMANTICS_YAML = """\
+name: trio
+version: 1
+defaults:
+  timeout: 60s
+  retry:
+    max_attempts: 3
+    backoff: {initial: 50ms, multiplier: 2, max: 500ms}
+steps:
+  - name: a
+    participant: alpha
+    command: do
+    payload:
+      behaviour: ${input.a}
+    compensation:
+      command: undo
+      payload:
+        behaviour: ${input.undo_a}
+  - name: b
+    participant: beta
+    command: do
+    timeout: 5s
+    payload:
+      behaviour: ${input.b}
+    compensation:
+      command: undo
+      payload:
+        behaviour: ${input.undo_b}
+  - name: c
+    participant: gamma
+    command: do
+    payload:
+      behaviour: ${input.c}
+"""
+
+A, B, C = ("a", "action"), ("b", "action"), ("c", "action")
+UNDO_A, UNDO_B = ("a", "compensation"), ("b", "compensation")
+
+
+def _case(
+    kind: str, status: SagaStatus, effects: tuple[tuple[str, str], ...], **inputs: Any
+) -> Case:
+    return Case(kind, trio_input(**inputs), status, effects, ())
+
+
+def variants(poison_file: Path) -> list[Case]:
+    """One saga of each variant."""
+    return [
+        _case("late_reply", SagaStatus.COMPLETED, (A, B, C), b={"delay_first": 7}),
+        _case(
+            "compensation_fails_3x",
+            SagaStatus.COMPENSATED,
+            (A, B, UNDO_B, UNDO_A),
+            c={"fail": "permanent"},
+            undo_a={"fail_times": 3},
+        ),
+        _case(
+            "compensation_always_fails",
+            SagaStatus.FAILED,
+            (A, B, UNDO_B),
+            c={"fail": "permanent"},
+            undo_a={"fail": "permanent"},
+        ),
+        # The poison never runs b's action: b times out (effect possible), so b is
+        # compensated first (its compensation cancels the action's key), then a.
+        _case(
+            "poison",
+            SagaStatus.COMPENSATED,
+            (A, UNDO_B, UNDO_A),
+            b={"exit_until_file": str(poison_file)},
+        ),
+    ]
+
+
+def saga_cli(env: dict[str, str], *args: str) -> str:
+    """Run ``saga ARGS`` as an operator would; its stdout (fails on a non-zero exit)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "orchestrator", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=RUNTIME_DIR,
+    )
+    assert done.returncode == 0, f"saga {' '.join(args)} exited {done.returncode}: {done.stderr}"
+    return done.stdout
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+async def test_r10_to_r12_timeouts_compensations_poison_and_replay(
+    tmp_path: Path,
+    amqp_url: str,
+    database_url: str,
+    participant_database_url: str,
+    rabbit_service: RabbitService,
+    seed: int,
+) -> None:
+    poison_file = tmp_path / "beta-fixed"
+    rig = FaultRig(
+        tmp_path,
+        amqp_url,
+        database_url,
+        participant_database_url,
+        rabbit_service,
+        campaign="R10-R12 semantics, poison, replay",
+        seed=seed,
+        definition=SEMANTICS_YAML,
+    )
+    stopped = asyncio.Event()
+    restarts: asyncio.Task[None] | None = None
+    try:
+        await rig.open()
+        beta = rig.participants["beta"]
+        # beta dies on every poison delivery: start it again each time, as a supervisor would.
+        restarts = asyncio.create_task(beta.keep_running(stopped, lambda: 0.2))
+        special = [case for _ in range(scaled(1, 5)) for case in variants(poison_file)]
+        plain = rig.plan(scaled(60, 300))
+        mixed = plain + special
+        rig.rng.shuffle(mixed)
+        ids = await rig.load(mixed)
+        await rig.wait_terminal(ids, within=300)
+        poisoned = [i for i in ids if rig.cases[i].kind == "poison"]
+
+        env = dict(beta.env)
+        listing = json.loads(saga_cli(env, "dlq", "list", "--json"))
+        beta_dead = [row for row in listing if row["queue"] == participant_queue("beta")]
+        # Three attempts per poisoned saga, each dead-lettered by beta once it had died on
+        # it twice: before the broker's delivery limit could also take the commands that
+        # were in flight beside it (none of those may be in the DLQ).
+        assert len(beta_dead) == 3 * len(poisoned), listing
+        assert all("poison message" in row["reason"] for row in beta_dead), beta_dead
+        assert {row["saga_id"] for row in beta_dead} == set(poisoned)
+        assert len(listing) == len(beta_dead), f"unexpected dead letters: {listing}"
+
+        poison_file.write_text("fixed")
+        replayed = saga_cli(env, "dlq", "replay", "--all").splitlines()
+        assert len(replayed) == len(beta_dead), replayed
+        again = saga_cli(env, "dlq", "replay", "--all", "--json")
+        assert json.loads(again) == [], again
+        await _until_replies_ignored(rig, ids, len(beta_dead))
+
+        stopped.set()
+        await restarts
+        report = await rig.finish(ids, histories=False)
+        crashes = beta.crashes
+        print(f"beta crashed {crashes} times on {len(poisoned)} poisoned sagas")
+        # Twice per poison message at most (once when another poison's death already
+        # counted against it).
+        assert len(beta_dead) <= crashes <= 2 * len(beta_dead), f"beta died {crashes} times"
+        report.check()
+    finally:
+        stopped.set()
+        if restarts is not None:
+            await asyncio.gather(restarts, return_exceptions=True)
+        await rig.close()
+
+
+async def _until_replies_ignored(rig: FaultRig, ids: list[str], count: int) -> None:
+    """Wait until the replayed commands' answers reached the orchestrator (ignored)."""
+    from campaign import rows
+    from sqlalchemy import func, select
+
+    from orchestrator.stores.tables import history
+
+    statement = select(func.count()).where(history.c.type == "reply_ignored")
+    for _ in range(600):
+        [row] = await rows(rig.database_url, statement)
+        if row[0] >= count:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"only {row[0]} of {count} replayed commands were answered")
