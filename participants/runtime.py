@@ -17,6 +17,7 @@ import contextlib
 import hashlib
 import logging
 import time
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -366,13 +367,16 @@ class ParticipantService:
         return await publish_wire(self.transport, encode(reply), routing_key=reply_to)
 
 
-def _reply_id(command: StepCommand) -> str:
-    """One reply id per command message: a reply re-sent after a crash is the same message,
-    so the orchestrator drops the copy by its id."""
-    candidate = f"reply-{command.message_id}"
-    if len(candidate) <= 200:
-        return candidate
-    return "reply-" + hashlib.sha256(command.message_id.encode()).hexdigest()
+def _reply_id(command: StepCommand, *, retryable: bool = False) -> str:
+    """One reply id per command message for a final answer (success, permanent failure):
+    the inbox keeps it, so a reply re-sent after a crash is the same message and the
+    orchestrator drops the copy by its id. A retryable failure is kept nowhere: the command,
+    delivered again, runs again and may answer differently, so each such answer gets an id
+    of its own (else a later success would be dropped as a copy of the failure)."""
+    base = f"reply-{command.message_id}"
+    if len(base) > 160:
+        base = "reply-" + hashlib.sha256(command.message_id.encode()).hexdigest()
+    return f"{base}-{uuid.uuid4().hex[:12]}" if retryable else base
 
 
 def _checked_success(command: StepCommand, value: Any) -> StepReply:
@@ -402,7 +406,12 @@ def _success(command: StepCommand, result: Mapping[str, Any]) -> StepReply:
 
 def _failure(command: StepCommand, code: str, message: str, retryable: bool) -> StepReply:
     return StepReply.failure(
-        command, code, message, retryable, message_id=_reply_id(command), trace=command.trace
+        command,
+        code,
+        message,
+        retryable,
+        message_id=_reply_id(command, retryable=retryable),
+        trace=command.trace,
     )
 
 

@@ -396,7 +396,16 @@ class _Run:
         if will_retry:
             self.retry_later(index, Kind.ACTION, attempt)
             return
-        self.set_step(index, replace(self.state.steps[index], status=StepStatus.FAILED))
+        # A permanent failure is remembered by the participant's inbox, so the key never
+        # runs. A retryable one is not: the attempt's command redelivered, or an earlier
+        # attempt's still queued, may yet run. Like a last timeout, its outcome is unknown,
+        # so the step is compensated (and the compensation cancels the key if it never ran).
+        failed = replace(
+            self.state.steps[index],
+            status=StepStatus.FAILED,
+            effect_possible=self.state.steps[index].effect_possible or error.retryable,
+        )
+        self.set_step(index, failed)
         self.fail_for_good(error)
 
     def compensation_failed(

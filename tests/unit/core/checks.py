@@ -11,7 +11,14 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from orchestrator.core.effects import Record, SendCommand
-from orchestrator.core.events import Event, OperatorAbort, OperatorRetry, ReplySucceeded, TimerFired
+from orchestrator.core.events import (
+    Event,
+    OperatorAbort,
+    OperatorRetry,
+    ReplyFailed,
+    ReplySucceeded,
+    TimerFired,
+)
 from orchestrator.core.machine import Decision
 from orchestrator.core.state import (
     CompensationStatus,
@@ -148,16 +155,19 @@ def check_shape(state: SagaState) -> None:
 
 
 def _outcome_unknown(world: World) -> set[str]:
-    """Steps whose action may have taken effect unseen: the last attempt timed out, or an
-    abort caught the step after it was sent (in flight or waiting to retry)."""
+    """Steps whose action may have taken effect unseen: the last attempt timed out or failed
+    retryably (the inbox does not remember a retryable failure, so the key may still run),
+    or an abort caught the step after it was sent (in flight or waiting to retry)."""
     unknown = set()
     for entry in world.log:
         for index, old in enumerate(entry.before.steps):
             new = entry.decision.state.steps[index]
             if old.status is not StepStatus.RUNNING or new.status not in _GAVE_UP:
                 continue
-            if isinstance(entry.event, TimerFired) or (
-                isinstance(entry.event, OperatorAbort) and old.attempts > 0
+            if (
+                isinstance(entry.event, TimerFired)
+                or (isinstance(entry.event, ReplyFailed) and entry.event.retryable)
+                or (isinstance(entry.event, OperatorAbort) and old.attempts > 0)
             ):
                 unknown.add(old.name)
     return unknown

@@ -35,20 +35,38 @@ H = HistoryType
 # -- failing for good and compensating ----------------------------------------------------
 
 
-def test_retries_exhausted_fail_step_and_compensate_completed_steps_in_reverse() -> None:
+def test_a_permanent_failure_fails_the_step_and_compensates_completed_steps_in_reverse() -> None:
     saga = Saga(definition(step("a"), step("b"), step("c", max_attempts=2)))
     saga.succeed("a", {"id": "A"})
     saga.succeed("b", {"id": "B"})
-    saga.fail("c", retryable=True)
-    saga.fire("c")
-    decision = saga.fail("c", retryable=True)
+    decision = saga.fail("c", retryable=False)
     assert saga.of("c").status is StepStatus.FAILED
+    assert not saga.of("c").effect_possible  # the participant's inbox remembers the failure
     assert saga.status() is SagaStatus.COMPENSATING
     assert saga.state.error is not None
     assert saga.state.error.step == "c"
     (command,) = sends(decision)
     assert (command.step, command.kind, command.attempt) == ("b", Kind.COMPENSATION, 1)
     assert types(decision) == [H.STEP_FAILED, H.COMPENSATION_SENT]
+
+
+def test_retries_exhausted_on_a_retryable_failure_compensate_the_failed_step_first() -> None:
+    """A retryable failure is not remembered by the inbox: a redelivered command, or an
+    earlier attempt's still queued, may yet run under the key. Its outcome is unknown, as
+    after a last timeout, so its compensation goes first (and cancels the key)."""
+    saga = Saga(definition(step("a"), step("b"), step("c", max_attempts=2)))
+    saga.succeed("a", {"id": "A"})
+    saga.succeed("b", {"id": "B"})
+    saga.fail("c", retryable=True)
+    saga.fire("c")
+    decision = saga.fail("c", retryable=True)
+    assert saga.of("c").effect_possible
+    assert saga.status() is SagaStatus.COMPENSATING
+    (command,) = sends(decision)
+    assert (command.step, command.kind, command.attempt) == ("c", Kind.COMPENSATION, 1)
+    assert types(decision) == [H.STEP_FAILED, H.COMPENSATION_SENT]
+    after = saga.succeed("c", kind=Kind.COMPENSATION)
+    assert [(s.step, s.kind) for s in sends(after)] == [("b", Kind.COMPENSATION)]
 
 
 def test_compensations_run_one_at_a_time_each_after_the_previous_succeeded() -> None:
