@@ -18,7 +18,7 @@ import hashlib
 import logging
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,10 +46,11 @@ from participants.telemetry import ParticipantTelemetry
 log = logging.getLogger("participants")
 
 CANCELLED_CODE = "cancelled"
-POISON_DEATHS = 2
-"""Deaths of the process while running one command after which it is dead-lettered as
-poison: below the participant queue's delivery limit (5), which also counts the commands
-that were merely in flight beside the poison when the process died."""
+POISON_DEATHS = 3
+"""Deaths of the process in one command after which it is dead-lettered as poison: the
+first may have been any command's doing, the next two happened while it ran alone. Below
+the participant queue's delivery limit (5), which also counts the commands that were merely
+in flight beside the poison when the process died."""
 _DB_ERRORS = (sa_exc.SQLAlchemyError, OSError)
 
 
@@ -120,6 +121,7 @@ class ParticipantService:
         self._stopping = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
+        self._lane = _Lane()
         self.handler_runs = 0
         """Handlers actually run (answers from the inbox do not count)."""
         self.inbox_answers = 0
@@ -205,9 +207,21 @@ class ParticipantService:
             self._observe.dead_lettered(span, reason)
             await delivery.dead_letter(reason)
             return
+        # A redelivered command is a suspect: it may be what killed the process last time.
+        # It runs alone, so that a death while it runs is its own and no bystander's.
         suspected = delivery.redelivered and bool(delivery.message_id)
-        if suspected and await self._is_poison(delivery, span):
-            return
+        async with self._lane.alone() if suspected else self._lane.together():
+            if suspected and await self._is_poison(delivery, span):
+                return
+            await self._answer(delivery, command, handler)
+            if suspected:
+                with contextlib.suppress(*_DB_ERRORS):
+                    await inbox.cleared(self.engine, delivery.message_id or "")
+
+    async def _answer(
+        self, delivery: Delivery, command: StepCommand, handler: CommandHandler
+    ) -> None:
+        """Run the command (or answer it from the inbox), reply, then ack."""
         started = time.perf_counter()
         with (
             saga_log_context(
@@ -234,9 +248,6 @@ class ParticipantService:
             await delivery.ack()
         else:
             await delivery.requeue()
-        if suspected:
-            with contextlib.suppress(*_DB_ERRORS):
-                await inbox.cleared(self.engine, delivery.message_id or "")
 
     async def _is_poison(self, delivery: Delivery, span: trace_api.Span) -> bool:
         """Dead-letter a redelivered command that killed the process POISON_DEATHS times,
@@ -365,6 +376,49 @@ class ParticipantService:
 
     async def _reply(self, reply: StepReply, reply_to: str) -> bool:
         return await publish_wire(self.transport, encode(reply), routing_key=reply_to)
+
+
+class _Lane:
+    """Handlers run together; a suspect runs alone (no other handler runs meanwhile).
+
+    A waiting suspect goes before handlers that have not started yet, so a steady stream of
+    commands cannot keep it waiting."""
+
+    def __init__(self) -> None:
+        self._changed = asyncio.Condition()
+        self._running = 0
+        self._alone = False
+        self._waiting_alone = 0
+
+    @contextlib.asynccontextmanager
+    async def together(self) -> AsyncIterator[None]:
+        """Run beside other handlers (not beside a suspect)."""
+        async with self._changed:
+            await self._changed.wait_for(lambda: not self._alone and not self._waiting_alone)
+            self._running += 1
+        try:
+            yield
+        finally:
+            async with self._changed:
+                self._running -= 1
+                self._changed.notify_all()
+
+    @contextlib.asynccontextmanager
+    async def alone(self) -> AsyncIterator[None]:
+        """Run once every other handler has finished, and keep the others waiting."""
+        async with self._changed:
+            self._waiting_alone += 1
+            try:
+                await self._changed.wait_for(lambda: not self._alone and not self._running)
+            finally:
+                self._waiting_alone -= 1
+            self._alone = True
+        try:
+            yield
+        finally:
+            async with self._changed:
+                self._alone = False
+                self._changed.notify_all()
 
 
 def _reply_id(command: StepCommand, *, retryable: bool = False) -> str:

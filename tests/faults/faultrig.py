@@ -14,6 +14,7 @@ committed after it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -30,7 +31,7 @@ import sqlalchemy as sa
 from broker import RabbitService
 from campaign import TERMINAL, Case, Outcome, compare, plan_case, rows, saga_states
 from harness import Rig
-from procs import ServiceProcess, Services, service_environ
+from procs import ProcessDied, ServiceProcess, Services, service_environ
 from testapp import trio_yaml
 
 from orchestrator import crashpoints
@@ -252,12 +253,13 @@ class FaultRig:
         point: str,
         *,
         crashes: int,
-        most_hits: int,
+        hits: tuple[int, int],
         load: asyncio.Task[list[str]],
     ) -> int:
         """Let ``process`` die at ``point`` up to ``crashes`` times, restarting it each time
-        armed for the n-th next arrival (n drawn from 1..most_hits); the last restart is
-        unarmed. Stops early when the load is done and no saga is open. Returns the crashes."""
+        armed for the n-th next arrival (n drawn from ``hits``); the last restart is
+        unarmed. A run may die there before it is even ready (a sweep at start-up). Stops
+        early when the load is done and no saga is open. Returns the crashes."""
         done = 0
         while done < crashes:
             run = process.current
@@ -276,13 +278,14 @@ class FaultRig:
             fault = Fault(f"crash at {point}", now())
             self.faults.append(fault)
             if done < crashes:
-                process.env["SAGA_CRASH_AT"] = f"{point}@{self.rng.randint(1, most_hits)}"
+                process.env["SAGA_CRASH_AT"] = f"{point}@{self.rng.randint(*hits)}"
             else:
                 process.env.pop("SAGA_CRASH_AT", None)
             await asyncio.sleep(self.rng.uniform(0.0, 0.5))
             process.start()
             fault.back_at = now()
-            await process.wait_ready(within=60)
+            with contextlib.suppress(ProcessDied):  # died at the point while starting
+                await process.wait_ready(within=60)
         return done
 
     async def _open_sagas(self) -> int:

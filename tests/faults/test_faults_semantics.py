@@ -4,7 +4,8 @@ One campaign mixes the ordinary trio sagas with the variants RELIABILITY.md name
 delayed past the step's timeout (a late reply after the retry was sent), a compensation that
 fails three times before it succeeds, a compensation that always fails (the saga waits for
 an operator as ``failed``), and poison: a command that kills its participant on every
-delivery. Beta dead-letters the poison itself once it has died on it twice, before the
+delivery. Beta dead-letters the poison itself once it has died on it three times (the
+last two while it ran alone, as a redelivered suspect), before the
 queue's delivery limit also takes the commands in flight beside it; the poisoned saga times
 out and is compensated, and the others go on untouched. Then the
 bug is "fixed" and the DLQ replayed with the real ``saga dlq`` command: each replayed command
@@ -164,7 +165,7 @@ async def test_r10_to_r12_timeouts_compensations_poison_and_replay(
         listing = json.loads(saga_cli(env, "dlq", "list", "--json"))
         beta_dead = [row for row in listing if row["queue"] == participant_queue("beta")]
         # Three attempts per poisoned saga, each dead-lettered by beta once it had died on
-        # it twice: before the broker's delivery limit could also take the commands that
+        # it three times: before the broker's delivery limit could also take the commands that
         # were in flight beside it (none of those may be in the DLQ).
         assert len(beta_dead) == 3 * len(poisoned), listing
         assert all("poison message" in row["reason"] for row in beta_dead), beta_dead
@@ -183,9 +184,9 @@ async def test_r10_to_r12_timeouts_compensations_poison_and_replay(
         report = await rig.finish(ids, histories=False)
         crashes = beta.crashes
         print(f"beta crashed {crashes} times on {len(poisoned)} poisoned sagas")
-        # Twice per poison message at most (once when another poison's death already
-        # counted against it).
-        assert len(beta_dead) <= crashes <= 2 * len(beta_dead), f"beta died {crashes} times"
+        # Three deaths per poison message at most (fewer when another poison's death
+        # already counted against it).
+        assert len(beta_dead) <= crashes <= 3 * len(beta_dead), f"beta died {crashes} times"
         report.check()
     finally:
         stopped.set()

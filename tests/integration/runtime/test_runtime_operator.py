@@ -70,7 +70,8 @@ async def test_retry_resends_a_failed_compensation_under_a_fresh_key(
 
 
 async def test_abort_compensates_a_running_saga_including_the_step_in_flight(rig: Rig) -> None:
-    [saga_id] = await rig.start([trio_input(b={"delay_first": 1.5})])
+    # b sleeps for most of its 3 s timeout: time for the `saga abort` process to start.
+    [saga_id] = await rig.start([trio_input(b={"delay_first": 2.7})])
     await _until_sent(rig, saga_id, "b")
     result = await saga(rig, "abort", saga_id, "--reason", "customer cancelled")
     assert result.code == 0, result.err
