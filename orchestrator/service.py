@@ -64,6 +64,8 @@ class OrchestratorService:
 
     async def start(self) -> None:
         """Check the schema, declare the topology, start the loops, then consume."""
+        if self.settings.reply_senders is not None:
+            self.settings.reply_senders.require(self.registry.participants())
         await self.store.check_schema()
         topology = orchestrator_topology(self.registry.participants())
         await self.transport.declare(topology)
@@ -124,6 +126,10 @@ class OrchestratorService:
             reply = decode(delivery.body, delivery.headers, expect=StepReply, max_bytes=cap)
             trace_id = trace_id_of(reply.trace)
             with saga_log_context(reply.saga_id, step=reply.step, trace_id=trace_id):
+                if (senders := self.settings.reply_senders) is not None:
+                    await self._with_store_retry(
+                        lambda: senders.verify(self.store, reply, delivery.user_id)
+                    )
                 await self._with_store_retry(lambda: self.engine.on_reply(reply))
 
         cap = self.settings.max_message_bytes

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from orchestrator.errors import SagaError
+from orchestrator.senders import REPLY_USERS_VARIABLE, ReplySenders
+from orchestrator.tls import amqp_url_from_env
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./saga.db"
 DEFAULT_AMQP_URL = "amqp://guest:guest@localhost:5672/"
@@ -33,17 +35,24 @@ class Settings:
     """Bodies larger than this are dead-lettered before parsing."""
     crash_at: str | None = None
     """Fault tests only: ``SAGA_CRASH_AT`` (see :mod:`orchestrator.crashpoints`)."""
+    reply_senders: ReplySenders | None = None
+    """``SAGA_REPLY_USERS``: the broker user each participant must answer as; None: anyone."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
-        """Build settings from ``SAGA_*`` variables (PRODUCT.md, Configuration)."""
+        """Build settings from ``SAGA_*`` variables (PRODUCT.md, Configuration).
+
+        ``amqp_url`` carries the TLS files (``SAGA_AMQP_CA_FILE``, ``SAGA_AMQP_CERT_FILE``,
+        ``SAGA_AMQP_KEY_FILE``), checked here, so every connection made from it uses them
+        (see :mod:`orchestrator.tls`)."""
         return cls(
             database_url=environ.get("SAGA_DATABASE_URL", DEFAULT_DATABASE_URL),
-            amqp_url=environ.get("SAGA_AMQP_URL", DEFAULT_AMQP_URL),
+            amqp_url=amqp_url_from_env(environ, DEFAULT_AMQP_URL),
             definitions_dir=Path(environ.get("SAGA_DEFINITIONS", DEFAULT_DEFINITIONS)),
             prefetch=_int(environ, "SAGA_PREFETCH", cls.prefetch),
             max_message_bytes=_int(environ, "SAGA_MAX_MESSAGE_BYTES", cls.max_message_bytes),
             crash_at=environ.get("SAGA_CRASH_AT") or None,
+            reply_senders=ReplySenders.parse(environ.get(REPLY_USERS_VARIABLE, "")),
         )
 
 

@@ -35,6 +35,7 @@ from orchestrator.store import StoreUnavailable
 from orchestrator.stores.errors import translate
 from orchestrator.telemetry.identity import trace_id_of
 from orchestrator.telemetry.setup import Telemetry
+from orchestrator.tls import amqp_url_from_env
 from orchestrator.topology import REPLY_QUEUE, participant_queue, participant_topology
 from orchestrator.transport import Delivery, Subscription, Transport, publish_wire
 from participants import inbox
@@ -68,10 +69,15 @@ class ParticipantSettings:
 
     @classmethod
     def from_env(cls, name: str, environ: Mapping[str, str]) -> ParticipantSettings:
-        """``SAGA_AMQP_URL`` and ``SAGA_PARTICIPANT_DATABASE_URL`` (SQLite file by default)."""
+        """``SAGA_AMQP_URL`` and ``SAGA_PARTICIPANT_DATABASE_URL`` (SQLite file by default).
+
+        ``amqp_url`` carries the TLS files (``SAGA_AMQP_CA_FILE``, ``SAGA_AMQP_CERT_FILE``,
+        ``SAGA_AMQP_KEY_FILE``), checked here (see :mod:`orchestrator.tls`). The user in
+        the URL is the one the orchestrator's ``SAGA_REPLY_USERS`` must map this
+        participant to: every reply carries it as its broker-validated ``user_id``."""
         max_bytes = environ.get("SAGA_MAX_MESSAGE_BYTES", "")
         return cls(
-            amqp_url=environ.get("SAGA_AMQP_URL", "amqp://guest:guest@localhost:5672/"),
+            amqp_url=amqp_url_from_env(environ, "amqp://guest:guest@localhost:5672/"),
             database_url=environ.get(
                 "SAGA_PARTICIPANT_DATABASE_URL", f"sqlite+aiosqlite:///./{name}.db"
             ),

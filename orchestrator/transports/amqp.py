@@ -5,6 +5,12 @@ blocks publishing connections and must not stop consumers from draining. Publish
 uses a confirm channel with ``mandatory`` and returns raised. Consumers use manual
 acks, a bounded prefetch, and treat an ack that fails because its channel was lost
 as normal: the broker has already requeued the message (RELIABILITY.md section 1).
+
+Security (docs/security.md): an ``amqps://`` URL connects with a verifying TLS context
+(:mod:`orchestrator.tls`); every message published carries the connection's user in
+``user_id``, which the broker validates, so a receiver knows who sent it; and declaring
+tolerates a least-privilege user that may not configure: what it is refused to declare
+must already exist (made by the deployer), and is checked passively instead.
 """
 
 from __future__ import annotations
@@ -28,8 +34,10 @@ from aio_pika.abc import (
     DeliveryMode,
 )
 from pamqp.common import FieldValue
+from yarl import URL
 
-from orchestrator.topology import DEAD_LETTER_EXCHANGE, Topology, dead_letter_queue
+from orchestrator.tls import TlsSettings, client_context, masked_url, url_user
+from orchestrator.topology import DEAD_LETTER_EXCHANGE, QueueSpec, Topology, dead_letter_queue
 from orchestrator.transport import (
     Handler,
     PublishFailed,
@@ -50,6 +58,9 @@ PUBLISH_TIMEOUT = 30.0
 REASON_HEADER = "x-dead-letter-reason"
 ORIGINAL_QUEUE_HEADER = "x-original-queue"
 DEAD_LETTERED_AT_HEADER = "x-dead-lettered-at"
+ORIGINAL_USER_HEADER = "x-original-user-id"
+"""The validated sender of a dead-lettered message: its copy cannot keep ``user_id`` (the
+broker checks that against the publisher of the copy). The replay tool writes the same."""
 
 _CHANNEL_GONE = (
     aiormq.exceptions.ChannelInvalidStateError,
@@ -61,6 +72,31 @@ _CHANNEL_GONE = (
 
 def _field_table(headers: Mapping[str, object] | None) -> dict[str, FieldValue]:
     return {key: cast(FieldValue, value) for key, value in (headers or {}).items()}
+
+
+def _persistent_message(
+    body: bytes,
+    *,
+    message_id: str,
+    headers: Mapping[str, object] | None,
+    content_type: str,
+    correlation_id: str | None,
+    reply_to: str | None,
+    type: str | None,
+    user_id: str | None,
+) -> aio_pika.Message:
+    return aio_pika.Message(
+        body,
+        headers=_field_table(headers),
+        content_type=content_type,
+        delivery_mode=DeliveryMode.PERSISTENT,
+        message_id=message_id,
+        correlation_id=correlation_id,
+        reply_to=reply_to,
+        type=type,
+        timestamp=datetime.now(UTC),
+        user_id=user_id,
+    )
 
 
 class AmqpDelivery:
@@ -116,17 +152,21 @@ class AmqpDelivery:
         headers[REASON_HEADER] = reason[:1000]
         headers[ORIGINAL_QUEUE_HEADER] = self._queue
         headers[DEAD_LETTERED_AT_HEADER] = datetime.now(UTC).isoformat()
+        if message.user_id:
+            headers[ORIGINAL_USER_HEADER] = message.user_id
+        copy = _persistent_message(
+            message.body,
+            message_id=message.message_id or "",
+            headers=headers,
+            content_type=message.content_type or "application/octet-stream",
+            correlation_id=message.correlation_id,
+            reply_to=message.reply_to,
+            type=message.type,
+            user_id=None,
+        )
         try:
-            await self._transport.publish(
-                exchange=DEAD_LETTER_EXCHANGE,
-                routing_key=dead_letter_queue(self._queue),
-                body=message.body,
-                message_id=message.message_id or "",
-                headers=headers,
-                content_type=message.content_type or "application/octet-stream",
-                correlation_id=message.correlation_id,
-                reply_to=message.reply_to,
-                type=message.type,
+            await self._transport._deliver(
+                copy, DEAD_LETTER_EXCHANGE, dead_letter_queue(self._queue), True
             )
         except PublishFailed:
             log.warning("could not publish a dead letter copy; rejecting instead", exc_info=True)
@@ -158,7 +198,11 @@ class _AmqpSubscription:
 
 
 class AmqpTransport:
-    """A :class:`~orchestrator.transport.Transport` on RabbitMQ."""
+    """A :class:`~orchestrator.transport.Transport` on RabbitMQ.
+
+    ``ssl_context`` overrides the verifying context built from an ``amqps://`` URL.
+    ``stamp_user_id=False`` leaves ``user_id`` unset, for a login whose user name is not
+    the one in the URL (the EXTERNAL mechanism, where the certificate names the user)."""
 
     def __init__(
         self,
@@ -167,11 +211,13 @@ class AmqpTransport:
         name: str,
         heartbeat: int = DEFAULT_HEARTBEAT,
         ssl_context: ssl.SSLContext | None = None,
+        stamp_user_id: bool = True,
     ) -> None:
         self._url = url
         self._name = name
         self._heartbeat = heartbeat
         self._ssl_context = ssl_context
+        self._user_id = url_user(url) if stamp_user_id else None
         self._publish_connection: AbstractRobustConnection | None = None
         self._consume_connection: AbstractRobustConnection | None = None
         self._publish_channel: AbstractChannel | None = None
@@ -182,7 +228,13 @@ class AmqpTransport:
         self._publish_lock = asyncio.Lock()
 
     async def connect(self) -> None:
-        """Open both connections (robust: they reconnect and restore consumers)."""
+        """Open both connections (robust: they reconnect and restore consumers).
+
+        :class:`~orchestrator.tls.TlsError` for unusable TLS settings and
+        :class:`TransportUnavailable` for a broker that cannot be reached or refuses us,
+        each a sentence with the URL's password masked."""
+        if self._ssl_context is None:
+            self._ssl_context = client_context(self._url)
         try:
             self._publish_connection = await self._open(f"{self._name}:publish")
             self._consume_connection = await self._open(f"{self._name}:consume")
@@ -192,7 +244,9 @@ class AmqpTransport:
             await self._publish_channel.initialize()
         except (TimeoutError, OSError, aiormq.exceptions.AMQPError) as exc:
             await self.close()
-            raise TransportUnavailable(f"cannot connect to RabbitMQ: {exc}") from exc
+            raise TransportUnavailable(
+                f"cannot connect to RabbitMQ at {masked_url(self._url)}: {_why(exc, self._url)}"
+            ) from exc
 
     async def _open(self, name: str) -> AbstractRobustConnection:
         kwargs: dict[str, Any] = {
@@ -214,20 +268,23 @@ class AmqpTransport:
         return self._publish_channel
 
     async def declare(self, topology: Topology) -> None:
-        channel = self._channel()
+        """Declare the topology on a channel of its own (a refusal closes the channel).
+
+        What this user may not configure must exist already and is checked passively; a
+        binding it may not make is left to the deployer (a missing one shows up as an
+        unroutable publish, never as a silent loss)."""
+        if self._publish_connection is None:
+            raise TransportUnavailable("the transport is not connected")
+        declarer = _Declarer(self._publish_connection, url_user(self._url))
         try:
             for name in topology.exchanges:
-                self._exchanges[name] = await channel.declare_exchange(
-                    name, aio_pika.ExchangeType.DIRECT, durable=True
-                )
+                await declarer.exchange(name)
             for spec in topology.queues:
-                queue = await channel.declare_queue(
-                    spec.name, durable=True, arguments=dict(spec.arguments)
-                )
-                if spec.exchange is not None:
-                    await queue.bind(spec.exchange, routing_key=spec.routing_key or spec.name)
+                await declarer.queue(spec)
         except (TimeoutError, aiormq.exceptions.AMQPError) as exc:
             raise TransportUnavailable(f"cannot declare the topology: {exc}") from exc
+        finally:
+            await declarer.close()
 
     async def _exchange(self, name: str) -> AbstractExchange:
         if name == "":
@@ -252,17 +309,23 @@ class AmqpTransport:
         type: str | None = None,
         mandatory: bool = True,
     ) -> None:
-        message = aio_pika.Message(
+        message = _persistent_message(
             body,
-            headers=_field_table(headers),
-            content_type=content_type,
-            delivery_mode=DeliveryMode.PERSISTENT,
             message_id=message_id,
+            headers=headers,
+            content_type=content_type,
             correlation_id=correlation_id,
             reply_to=reply_to,
             type=type,
-            timestamp=datetime.now(UTC),
+            user_id=self._user_id,
         )
+        await self._deliver(message, exchange, routing_key, mandatory)
+
+    async def _deliver(
+        self, message: aio_pika.Message, exchange: str, routing_key: str, mandatory: bool
+    ) -> None:
+        """Publish and wait for the confirm, translating aio-pika's errors."""
+        message_id = message.message_id
         try:
             target = await self._exchange(exchange)
             await target.publish(
@@ -338,6 +401,128 @@ class AmqpTransport:
         self._publish_channel = None
         self._consumers.clear()
         self._exchanges.clear()
+
+
+class _Declarer:
+    """Declares on a channel of its own, reopened after each refusal (the broker closes a
+    channel on ACCESS_REFUSED), falling back to passive checks where it may not configure."""
+
+    def __init__(self, connection: AbstractRobustConnection, user: str) -> None:
+        self._connection = connection
+        self._user = user
+        self._open: aio_pika.Channel | None = None
+
+    async def _channel(self) -> aio_pika.Channel:
+        if self._open is None:
+            # A plain channel: a robust one would reopen itself after every refusal and
+            # re-declare on each reconnect what this user may not declare.
+            self._open = aio_pika.Channel(self._connection, publisher_confirms=False)
+            await self._open.initialize()
+        return self._open
+
+    async def exchange(self, name: str) -> None:
+        channel = await self._channel()
+        try:
+            await channel.declare_exchange(name, aio_pika.ExchangeType.DIRECT, durable=True)
+        except aiormq.exceptions.ChannelAccessRefused:
+            await self.close()
+            await self._existing_exchange(name)
+
+    async def queue(self, spec: QueueSpec) -> None:
+        channel = await self._channel()
+        try:
+            queue = await channel.declare_queue(
+                spec.name, durable=True, arguments=dict(spec.arguments)
+            )
+        except aiormq.exceptions.ChannelAccessRefused:
+            await self.close()
+            queue = await self._existing_queue(spec.name)
+        if spec.exchange is None:
+            return
+        try:
+            await queue.bind(spec.exchange, routing_key=spec.routing_key or spec.name)
+        except aiormq.exceptions.ChannelAccessRefused:
+            await self.close()
+            log.info(
+                "user %r may not bind %s to %s; the deployment is trusted to have bound it",
+                self._user,
+                spec.name,
+                spec.exchange,
+            )
+
+    async def _existing_exchange(self, name: str) -> None:
+        channel = await self._channel()
+        try:
+            await channel.declare_exchange(name, passive=True)
+        except aiormq.exceptions.ChannelNotFoundEntity:
+            await self.close()
+            raise self._missing("exchange", name) from None
+
+    async def _existing_queue(self, name: str) -> AbstractQueue:
+        channel = await self._channel()
+        try:
+            return await channel.declare_queue(name, passive=True)
+        except aiormq.exceptions.ChannelNotFoundEntity:
+            await self.close()
+            raise self._missing("queue", name) from None
+
+    def _missing(self, kind: str, name: str) -> TransportUnavailable:
+        return TransportUnavailable(
+            f"the {kind} {name!r} does not exist, and RabbitMQ user {self._user!r} may not "
+            "declare it; declare the topology as the deployer first "
+            "(deploy/rabbitmq-least-privilege.sh)"
+        )
+
+    async def close(self) -> None:
+        """Close the channel (one the broker closed already is only forgotten)."""
+        channel, self._open = self._open, None
+        if channel is not None and not channel.is_closed:
+            with contextlib.suppress(*_CHANNEL_GONE):
+                await channel.close()
+
+
+def _vhost(url: str) -> str:
+    path = URL(url).path
+    return path[1:] if len(path) > 1 else "/"
+
+
+def _why(exc: BaseException, url: str) -> str:
+    """Why a connection failed, as the end of a sentence (TLS and login failures spelled
+    out, since the driver's words for them are cryptic)."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return (
+                f"the broker's certificate was not accepted ({cause.verify_message}); "
+                "SAGA_AMQP_CA_FILE must name the CA that signed it, and the URL's host "
+                "must be a name the certificate is for"
+            )
+        if isinstance(cause, ssl.SSLError):
+            if "CERTIFICATE_REQUIRED" in str(cause) or "alert" in str(cause):
+                return (
+                    f"the TLS handshake failed ({cause.reason}); a broker that asks for a "
+                    "client certificate needs SAGA_AMQP_CERT_FILE and SAGA_AMQP_KEY_FILE "
+                    "with one it trusts"
+                )
+            return f"the TLS handshake failed ({cause.reason or cause})"
+        cause = cause.__cause__ or cause.__context__
+    text = str(exc) or type(exc).__name__
+    if isinstance(exc, aiormq.exceptions.ProbableAuthenticationError) or "ACCESS_REFUSED" in text:
+        return f"the broker refused the login ({text})"
+    if "OpenOk" in text and "Connection.Close" in text:
+        return (
+            f"the broker refused to open vhost {_vhost(url)!r} for user {url_user(url)!r}: "
+            "the vhost does not exist or the user has no permissions on it"
+        )
+    without_certificate = TlsSettings.from_url(url).cert_file is None
+    if "unexpectedly closed" in text and URL(url).scheme == "amqps" and without_certificate:
+        # Under TLS 1.3 a server that wants a client certificate checks it after the
+        # handshake, so its refusal only shows as the connection closing.
+        return (
+            f"the broker closed the connection ({text}); if it requires a client "
+            "certificate, set SAGA_AMQP_CERT_FILE and SAGA_AMQP_KEY_FILE"
+        )
+    return text
 
 
 __all__ = ["AmqpDelivery", "AmqpTransport"]

@@ -1,0 +1,1 @@
+"""Security tests: TLS, the reply sender, least privilege (see conftest.py)."""
