@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import pytest
@@ -16,7 +15,8 @@ from broker import RabbitService
 
 from orchestrator.topology import REPLY_QUEUE, START_QUEUE, participant_queue
 
-from .faultrig import PARTICIPANT_NAMES, FaultRig, now, scaled
+from .conftest import MakeRig
+from .faultrig import PARTICIPANT_NAMES, now, scaled
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.timeout(1800)]
 
@@ -58,82 +58,48 @@ def _vhost(amqp_url: str) -> str:
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 async def test_r6_every_connection_closed_again_and_again(
-    tmp_path: Path,
-    amqp_url: str,
-    database_url: str,
-    participant_database_url: str,
-    rabbit_service: RabbitService,
-    seed: int,
+    make_rig: MakeRig, amqp_url: str, rabbit_service: RabbitService
 ) -> None:
-    rig = FaultRig(
-        tmp_path,
-        amqp_url,
-        database_url,
-        participant_database_url,
-        rabbit_service,
-        campaign="R6 close_all_connections",
-        seed=seed,
-    )
+    rig = make_rig("R6 close_all_connections")
     vhost = _vhost(amqp_url)
     back: list[float] = []
-    try:
-        await rig.open()
-        load = asyncio.create_task(rig.load(rig.plan(scaled(200, 1000))))
-        closes = scaled(3, 20)
-        while closes and not load.done():
-            await asyncio.sleep(rig.rng.uniform(0.5, 2.5))
-            at = now()
-            await rabbit_service.rabbitmqctl(
-                "close_all_connections", "--vhost", vhost, "fault test"
-            )
-            back.append(await until_every_consumer_is_back(rabbit_service, vhost))
-            rig.note("close_all_connections", at, now())
-            closes -= 1
-        report = await rig.finish(await load)
-        print(f"consumers back after {', '.join(f'{s:.1f}s' for s in back)}")
-        report.check()
-    finally:
-        await rig.close()
+    await rig.open()
+    load = asyncio.create_task(rig.load(rig.plan(scaled(200, 1000))))
+    closes = scaled(3, 20)
+    while closes and not load.done():
+        await asyncio.sleep(rig.rng.uniform(0.5, 2.5))
+        at = now()
+        await rabbit_service.rabbitmqctl("close_all_connections", "--vhost", vhost, "fault test")
+        back.append(await until_every_consumer_is_back(rabbit_service, vhost))
+        rig.note("close_all_connections", at, now())
+        closes -= 1
+    report = await rig.finish(await load)
+    print(f"consumers back after {', '.join(f'{s:.1f}s' for s in back)}")
+    report.check()
 
 
 @pytest.mark.faults
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 async def test_r5_the_broker_stopped_and_started(
-    tmp_path: Path,
-    amqp_url: str,
-    database_url: str,
-    participant_database_url: str,
-    rabbit_service: RabbitService,
-    seed: int,
+    make_rig: MakeRig, amqp_url: str, rabbit_service: RabbitService
 ) -> None:
-    rig = FaultRig(
-        tmp_path,
-        amqp_url,
-        database_url,
-        participant_database_url,
-        rabbit_service,
-        campaign="R5 stop_app/start_app",
-        seed=seed,
-    )
+    rig = make_rig("R5 stop_app/start_app")
     vhost = _vhost(amqp_url)
     back: list[float] = []
-    try:
-        await rig.open()
-        load = asyncio.create_task(rig.load(rig.plan(scaled(200, 1000))))
-        stops = scaled(2, 10)
-        while stops and not load.done():
-            await asyncio.sleep(rig.rng.uniform(1.0, 3.0))
-            at = now()
-            await rabbit_service.rabbitmqctl("stop_app")
-            try:
-                await asyncio.sleep(rig.rng.uniform(1.0, 10.0))
-            finally:
-                await rabbit_service.rabbitmqctl("start_app")
-            back.append(await until_every_consumer_is_back(rabbit_service, vhost))
-            rig.note("stop_app", at, now())
-            stops -= 1
-        report = await rig.finish(await load, within=180)
-        print(f"consumers back {', '.join(f'{s:.1f}s' for s in back)} after start_app")
-        report.check()
-    finally:
-        await rig.close()
+    await rig.open()
+    load = asyncio.create_task(rig.load(rig.plan(scaled(200, 1000))))
+    stops = scaled(2, 10)
+    while stops and not load.done():
+        await asyncio.sleep(rig.rng.uniform(1.0, 3.0))
+        at = now()
+        await rabbit_service.rabbitmqctl("stop_app")
+        try:
+            await asyncio.sleep(rig.rng.uniform(1.0, 10.0))
+        finally:
+            await rabbit_service.rabbitmqctl("start_app")
+        back.append(await until_every_consumer_is_back(rabbit_service, vhost))
+        rig.note("stop_app", at, now())
+        stops -= 1
+    report = await rig.finish(await load, within=180)
+    print(f"consumers back {', '.join(f'{s:.1f}s' for s in back)} after start_app")
+    report.check()

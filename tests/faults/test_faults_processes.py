@@ -10,83 +10,46 @@ from __future__ import annotations
 
 import asyncio
 import random
-from pathlib import Path
 
 import pytest
-from broker import RabbitService
 
 from orchestrator import crashpoints
 
-from .faultrig import FaultRig, scaled
+from .conftest import MakeRig
+from .faultrig import scaled
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.timeout(1800)]
 
 
-async def test_r2_orchestrator_killed_at_random_points(
-    tmp_path: Path,
-    amqp_url: str,
-    database_url: str,
-    participant_database_url: str,
-    rabbit_service: RabbitService,
-    seed: int,
-) -> None:
-    rig = FaultRig(
-        tmp_path,
-        amqp_url,
-        database_url,
-        participant_database_url,
-        rabbit_service,
-        campaign="R2 kill -9 orchestrator",
-        seed=seed,
-    )
-    try:
-        await rig.open()
-        assert rig.orchestrator is not None
-        load = asyncio.create_task(rig.load(rig.plan(scaled(200, 1000))))
-        kills = scaled(4, 30)
-        while kills and not load.done():
-            await asyncio.sleep(rig.rng.uniform(0.3, 2.0))
-            await rig.kill_and_restart(rig.orchestrator, delay=rig.rng.uniform(0.0, 2.0))
-            kills -= 1
-        report = await rig.finish(await load)
-        assert report.faults >= 1, "the load ended before the first kill"
-        report.check()
-    finally:
-        await rig.close()
+async def test_r2_orchestrator_killed_at_random_points(make_rig: MakeRig) -> None:
+    rig = make_rig("R2 kill -9 orchestrator")
+    await rig.open()
+    assert rig.orchestrator is not None
+    load = asyncio.create_task(rig.load(rig.plan(scaled(200, 1000))))
+    kills = scaled(4, 30)
+    while kills and not load.done():
+        await asyncio.sleep(rig.rng.uniform(0.3, 2.0))
+        await rig.kill_and_restart(rig.orchestrator, delay=rig.rng.uniform(0.0, 2.0))
+        kills -= 1
+    report = await rig.finish(await load)
+    assert report.faults >= 1, "the load ended before the first kill"
+    report.check()
 
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
-async def test_r4_participants_killed_at_random_points(
-    tmp_path: Path,
-    amqp_url: str,
-    database_url: str,
-    participant_database_url: str,
-    rabbit_service: RabbitService,
-    seed: int,
-) -> None:
-    rig = FaultRig(
-        tmp_path,
-        amqp_url,
-        database_url,
-        participant_database_url,
-        rabbit_service,
-        campaign="R4 kill -9 participants",
-        seed=seed,
-    )
-    try:
-        await rig.open()
-        load = asyncio.create_task(rig.load(rig.plan(scaled(200, 1000))))
-        kills = scaled(6, 60)
-        names = sorted(rig.participants)
-        while kills and not load.done():
-            await asyncio.sleep(rig.rng.uniform(0.2, 1.5))
-            victim = rig.participants[rig.rng.choice(names)]
-            await rig.kill_and_restart(victim, delay=rig.rng.uniform(0.0, 1.0))
-            kills -= 1
-        report = await rig.finish(await load)
-        report.check()
-    finally:
-        await rig.close()
+async def test_r4_participants_killed_at_random_points(make_rig: MakeRig) -> None:
+    rig = make_rig("R4 kill -9 participants")
+    await rig.open()
+    load = asyncio.create_task(rig.load(rig.plan(scaled(200, 1000))))
+    kills = scaled(6, 60)
+    names = sorted(rig.participants)
+    while kills and not load.done():
+        await asyncio.sleep(rig.rng.uniform(0.2, 1.5))
+        victim = rig.participants[rig.rng.choice(names)]
+        await rig.kill_and_restart(victim, delay=rig.rng.uniform(0.0, 1.0))
+        kills -= 1
+    report = await rig.finish(await load)
+    report.check()
 
 
 _ORCHESTRATOR_POINTS = sorted(p for p in crashpoints.POINTS if p.startswith("orchestrator."))
@@ -96,13 +59,7 @@ _PARTICIPANT_POINTS = sorted(p for p in crashpoints.POINTS if p.startswith("part
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 @pytest.mark.parametrize("point", _ORCHESTRATOR_POINTS + _PARTICIPANT_POINTS)
 async def test_r3_a_crash_at_each_named_point_loses_and_repeats_nothing(
-    point: str,
-    tmp_path: Path,
-    amqp_url: str,
-    database_url: str,
-    participant_database_url: str,
-    rabbit_service: RabbitService,
-    seed: int,
+    point: str, make_rig: MakeRig, seed: int
 ) -> None:
     rng = random.Random(seed)
     # The participant points are armed in beta, which every saga reaches.
@@ -117,22 +74,11 @@ async def test_r3_a_crash_at_each_named_point_loses_and_repeats_nothing(
         hits = (5, 20)
     else:
         hits = (1, 15)
-    rig = FaultRig(
-        tmp_path,
-        amqp_url,
-        database_url,
-        participant_database_url,
-        rabbit_service,
-        campaign=f"R3 crash at {point}",
-        seed=seed,
-    )
-    try:
-        await rig.open(armed={victim: f"{point}@{rng.randint(*hits)}"})
-        process = next(p for p in rig.processes if p.name == victim)
-        load = asyncio.create_task(rig.load(rig.plan(scaled(80, 400))))
-        crashes = await rig.crash_loop(process, point, crashes=scaled(3, 25), hits=hits, load=load)
-        report = await rig.finish(await load)
-        assert crashes >= 1, f"the process never reached {point}"
-        report.check()
-    finally:
-        await rig.close()
+    rig = make_rig(f"R3 crash at {point}")
+    await rig.open(armed={victim: f"{point}@{rng.randint(*hits)}"})
+    process = next(p for p in rig.processes if p.name == victim)
+    load = asyncio.create_task(rig.load(rig.plan(scaled(80, 400))))
+    crashes = await rig.crash_loop(process, point, crashes=scaled(3, 25), hits=hits, load=load)
+    report = await rig.finish(await load)
+    assert crashes >= 1, f"the process never reached {point}"
+    report.check()

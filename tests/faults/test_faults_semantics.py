@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from broker import RabbitService
 from campaign import Case
 from procs import RUNTIME_DIR
 from testapp import trio_input
@@ -31,6 +30,7 @@ from testapp import trio_input
 from orchestrator.core.state import SagaStatus
 from orchestrator.topology import participant_queue
 
+from .conftest import MakeRig
 from .faultrig import FaultRig, scaled
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.timeout(1800)]
@@ -128,24 +128,10 @@ def saga_cli(env: dict[str, str], *args: str) -> str:
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 async def test_r10_to_r12_timeouts_compensations_poison_and_replay(
-    tmp_path: Path,
-    amqp_url: str,
-    database_url: str,
-    participant_database_url: str,
-    rabbit_service: RabbitService,
-    seed: int,
+    make_rig: MakeRig, tmp_path: Path
 ) -> None:
     poison_file = tmp_path / "beta-fixed"
-    rig = FaultRig(
-        tmp_path,
-        amqp_url,
-        database_url,
-        participant_database_url,
-        rabbit_service,
-        campaign="R10-R12 semantics, poison, replay",
-        seed=seed,
-        definition=SEMANTICS_YAML,
-    )
+    rig = make_rig("R10-R12 semantics, poison, replay", SEMANTICS_YAML)
     stopped = asyncio.Event()
     restarts: asyncio.Task[None] | None = None
     try:
@@ -192,7 +178,6 @@ async def test_r10_to_r12_timeouts_compensations_poison_and_replay(
         stopped.set()
         if restarts is not None:
             await asyncio.gather(restarts, return_exceptions=True)
-        await rig.close()
 
 
 async def _until_replies_ignored(rig: FaultRig, ids: list[str], count: int) -> None:
