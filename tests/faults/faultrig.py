@@ -216,14 +216,15 @@ class FaultRig:
                 return
             await asyncio.sleep(0.2)
 
-    async def load(self, cases: Sequence[Case]) -> list[str]:
-        """Start the sagas in batches, keeping at most MAX_IN_FLIGHT open; their ids."""
+    async def load(self, cases: Sequence[Case], *, saga: str = "trio") -> list[str]:
+        """Start the sagas (of definition ``saga``) in batches, keeping at most MAX_IN_FLIGHT
+        open; their ids."""
         assert self.rig is not None
         ids: list[str] = []
         for start in range(0, len(cases), BATCH):
             batch = cases[start : start + BATCH]
             await self._until_open_below(MAX_IN_FLIGHT - len(batch))
-            started = await self.rig.start([case.input for case in batch])
+            started = await self.rig.start([case.input for case in batch], saga=saga)
             self.cases.update(zip(started, batch, strict=True))
             ids.extend(started)
         return ids

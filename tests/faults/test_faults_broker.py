@@ -64,7 +64,7 @@ async def test_r6_every_connection_closed_again_and_again(
     vhost = _vhost(amqp_url)
     back: list[float] = []
     await rig.open()
-    load = asyncio.create_task(rig.load(rig.plan(scaled(200, 1000))))
+    load = asyncio.create_task(rig.load(rig.plan(scaled(120, 1000))))
     closes = scaled(3, 20)
     while closes and not load.done():
         await asyncio.sleep(rig.rng.uniform(0.5, 2.5))

@@ -25,7 +25,7 @@ async def test_r2_orchestrator_killed_at_random_points(make_rig: MakeRig) -> Non
     rig = make_rig("R2 kill -9 orchestrator")
     await rig.open()
     assert rig.orchestrator is not None
-    load = asyncio.create_task(rig.load(rig.plan(scaled(200, 1000))))
+    load = asyncio.create_task(rig.load(rig.plan(scaled(150, 1000))))
     kills = scaled(4, 30)
     while kills and not load.done():
         await asyncio.sleep(rig.rng.uniform(0.3, 2.0))
@@ -40,8 +40,8 @@ async def test_r2_orchestrator_killed_at_random_points(make_rig: MakeRig) -> Non
 async def test_r4_participants_killed_at_random_points(make_rig: MakeRig) -> None:
     rig = make_rig("R4 kill -9 participants")
     await rig.open()
-    load = asyncio.create_task(rig.load(rig.plan(scaled(200, 1000))))
-    kills = scaled(6, 60)
+    load = asyncio.create_task(rig.load(rig.plan(scaled(150, 1000))))
+    kills = scaled(4, 60)
     names = sorted(rig.participants)
     while kills and not load.done():
         await asyncio.sleep(rig.rng.uniform(0.2, 1.5))
@@ -77,8 +77,8 @@ async def test_r3_a_crash_at_each_named_point_loses_and_repeats_nothing(
     rig = make_rig(f"R3 crash at {point}")
     await rig.open(armed={victim: f"{point}@{rng.randint(*hits)}"})
     process = next(p for p in rig.processes if p.name == victim)
-    load = asyncio.create_task(rig.load(rig.plan(scaled(80, 400))))
-    crashes = await rig.crash_loop(process, point, crashes=scaled(3, 25), hits=hits, load=load)
+    load = asyncio.create_task(rig.load(rig.plan(scaled(60, 250))))
+    crashes = await rig.crash_loop(process, point, crashes=scaled(2, 12), hits=hits, load=load)
     report = await rig.finish(await load)
     assert crashes >= 1, f"the process never reached {point}"
     report.check()

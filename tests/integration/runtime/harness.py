@@ -103,12 +103,16 @@ class Rig:
         return self._client
 
     async def start(
-        self, inputs: Sequence[dict[str, Any]], *, keys: Sequence[str | None] | None = None
+        self,
+        inputs: Sequence[dict[str, Any]],
+        *,
+        keys: Sequence[str | None] | None = None,
+        saga: str = "trio",
     ) -> list[str]:
-        """Start one trio saga per input; their ids."""
+        """Start one saga (trio unless ``saga`` names another) per input; their ids."""
         client = await self.client()
         pairs = list(zip(inputs, keys or [None] * len(inputs), strict=True))
-        replies = await client.start_many("trio", pairs, wait_seconds=60)
+        replies = await client.start_many(saga, pairs, wait_seconds=60)
         ids = []
         for reply in replies:
             assert reply.error is None, reply.error
