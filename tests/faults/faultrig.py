@@ -219,15 +219,30 @@ class FaultRig:
     async def load(self, cases: Sequence[Case], *, saga: str = "trio") -> list[str]:
         """Start the sagas (of definition ``saga``) in batches, keeping at most MAX_IN_FLIGHT
         open; their ids."""
-        assert self.rig is not None
         ids: list[str] = []
         for start in range(0, len(cases), BATCH):
             batch = cases[start : start + BATCH]
             await self._until_open_below(MAX_IN_FLIGHT - len(batch))
-            started = await self.rig.start([case.input for case in batch], saga=saga)
+            started = await self._start(batch, saga)
             self.cases.update(zip(started, batch, strict=True))
             ids.extend(started)
         return ids
+
+    async def _start(self, batch: Sequence[Case], saga: str) -> list[str]:
+        """Start a batch as a careful client would: each saga under an idempotency key, and
+        the whole batch asked again (same keys: no saga twice) while the broker is down."""
+        assert self.rig is not None
+        keys = [f"{self.campaign}:{self.rng.getrandbits(64):016x}" for _ in batch]
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                return await self.rig.start([case.input for case in batch], keys=keys, saga=saga)
+            except Exception as exc:  # the broker went away under the client: any failure
+                if time.monotonic() > deadline:
+                    raise
+                print(f"starting a batch failed ({exc!r}); asking again")
+                await self.rig.reset_client()
+                await asyncio.sleep(1.0)
 
     async def _until_open_below(self, limit: int) -> None:
         while True:

@@ -4,6 +4,7 @@ broker (a fresh vhost) and real databases, plus helpers to start sagas and wait 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,6 +102,14 @@ class Rig:
             await self._client_transport.connect()
             self._client = StartClient(self._client_transport)
         return self._client
+
+    async def reset_client(self) -> None:
+        """Drop the start client's connection (after the broker went away); the next start
+        connects again."""
+        transport, self._client_transport, self._client = self._client_transport, None, None
+        if transport is not None:
+            with contextlib.suppress(Exception):
+                await transport.close()
 
     async def start(
         self,
