@@ -258,6 +258,8 @@ class Engine:
 
     def _committed(self, outbox: Sequence[OutboxMessage]) -> None:
         """Hand freshly committed outbox rows to the relay."""
+        if not outbox:
+            return
         crashpoints.crash("orchestrator.after_commit_before_publish")
         if any(m.headers.get(Header.SAGA_KIND) == "compensation" for m in outbox):
             crashpoints.crash("orchestrator.mid_compensation")
