@@ -37,7 +37,13 @@ from orchestrator.telemetry.identity import trace_id_of
 from orchestrator.telemetry.setup import Telemetry
 from orchestrator.tls import amqp_url_from_env
 from orchestrator.topology import REPLY_QUEUE, participant_queue, participant_topology
-from orchestrator.transport import Delivery, Subscription, Transport, publish_wire
+from orchestrator.transport import (
+    Delivery,
+    Subscription,
+    Transport,
+    TransportUnavailable,
+    publish_wire,
+)
 from participants import inbox
 from participants.app import CommandHandler, Participant
 from participants.context import StepContext
@@ -128,6 +134,7 @@ class ParticipantService:
         self._idle = asyncio.Event()
         self._idle.set()
         self._lane = _Lane()
+        self._cautious = True
         self.handler_runs = 0
         """Handlers actually run (answers from the inbox do not count)."""
         self.inbox_answers = 0
@@ -137,8 +144,9 @@ class ParticipantService:
         """Create the inbox table, declare the queues, start consuming."""
         await self._create_tables()
         await self.transport.declare(participant_topology(self.participant.name))
+        # Cautious until the first command that is not a redelivery: see _widen.
         self._subscription = await self.transport.consume(
-            participant_queue(self.participant.name), self.handle, prefetch=self.settings.prefetch
+            participant_queue(self.participant.name), self.handle, prefetch=1
         )
         log.info(
             "participant %s running: commands %s",
@@ -185,12 +193,43 @@ class ParticipantService:
         self._in_flight += 1
         self._idle.clear()
         try:
+            if self._cautious and not delivery.redelivered:
+                await self._widen()
             with self._observe.processing(delivery) as span:
                 await self._handle(delivery, span)
         finally:
             self._in_flight -= 1
             if self._in_flight == 0:
                 self._idle.set()
+
+    async def _widen(self) -> None:
+        """Take commands ``prefetch`` at a time from now on.
+
+        A process starts taking one command at a time. The commands it finds redelivered
+        were in flight when the last process died, and one of them may have killed it: if it
+        kills this one too, every command held at that moment goes back with its delivery
+        count raised, and the queue's delivery limit would dead-letter bystanders that were
+        merely prefetched beside a poison, death after death. The first command that is not
+        a redelivery shows the broker has handed out every one that was returned; the
+        one-at-a-time consumer then makes way for the full one (a consumer's prefetch is
+        fixed when it starts). The command in hand is settled on its own channel."""
+        self._cautious = False
+        cautious = self._subscription
+        if self._stopping.is_set() or cautious is None:
+            return
+        try:
+            full = await self.transport.consume(
+                participant_queue(self.participant.name),
+                self.handle,
+                prefetch=self.settings.prefetch,
+            )
+        except TransportUnavailable as exc:
+            log.warning("could not widen the consumer (%s); still one command at a time", exc)
+            self._cautious = True
+            return
+        self._subscription = full
+        await cautious.cancel()
+        log.info("no redelivered commands left; taking %d at a time", self.settings.prefetch)
 
     async def _handle(self, delivery: Delivery, span: trace_api.Span) -> None:
         try:

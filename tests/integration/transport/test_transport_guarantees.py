@@ -16,7 +16,7 @@ import pytest
 from orchestrator.outbox import OutboxRelay
 from orchestrator.store import OutboxMessage
 from orchestrator.stores.sql import SqlStore
-from orchestrator.transport import PublishFailed, Unroutable
+from orchestrator.transport import Delivery, PublishFailed, Unroutable
 from orchestrator.transports.amqp import AmqpTransport
 
 pytestmark = pytest.mark.rabbitmq
@@ -90,3 +90,57 @@ async def test_the_relay_leaves_refused_and_unroutable_rows_unsent(
     finally:
         await transport.close()
         await store.close()
+
+
+async def test_a_delivery_held_by_a_cancelled_consumer_is_still_acked_once(
+    amqp_url: str,
+) -> None:
+    """What a participant's widening relies on: a one-at-a-time consumer holds one
+    delivery; a full consumer starts, the first is cancelled, and the delivery in hand is
+    acked on its own channel afterwards. Every message arrives once, none is redelivered."""
+    queue = f"guarantees.widen.{uuid.uuid4().hex[:8]}"
+    setup = await aio_pika.connect(amqp_url)
+    async with setup:
+        channel = await setup.channel()
+        await channel.declare_queue(
+            queue, durable=True, arguments={"x-queue-type": "quorum", "x-delivery-limit": 5}
+        )
+    transport = AmqpTransport(amqp_url, name="test-guarantees")
+    await transport.connect()
+    held: list[Delivery] = []
+    seen: list[tuple[str, bool]] = []
+    all_in = asyncio.Event()
+
+    async def hold(delivery: Delivery) -> None:
+        seen.append((delivery.message_id or "", delivery.redelivered))
+        held.append(delivery)
+
+    async def take(delivery: Delivery) -> None:
+        seen.append((delivery.message_id or "", delivery.redelivered))
+        await delivery.ack()
+        if len(seen) == 6:
+            all_in.set()
+
+    try:
+        for index in range(6):
+            await transport.publish(
+                exchange="", routing_key=queue, body=b"{}", message_id=f"m-{index}"
+            )
+        cautious = await transport.consume(queue, hold, prefetch=1)
+        await asyncio.sleep(0.5)
+        assert [message_id for message_id, _ in seen] == ["m-0"], "prefetch 1 holds one"
+        full = await transport.consume(queue, take, prefetch=20)
+        await cautious.cancel()
+        await held[0].ack()
+        await asyncio.wait_for(all_in.wait(), 10)
+        await full.cancel()
+        assert sorted(message_id for message_id, _ in seen) == [f"m-{i}" for i in range(6)]
+        assert not any(redelivered for _, redelivered in seen)
+    finally:
+        await transport.close()
+    check = await aio_pika.connect(amqp_url)
+    async with check:
+        channel = await check.channel()
+        declared = await channel.declare_queue(queue, passive=True)
+        assert declared.declaration_result.message_count == 0
+        await channel.queue_delete(queue)

@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from contracts import StepCommand, StepReply, decode, encode
 from orchestrator.stores.engine import create_engine
 from orchestrator.topology import REPLY_QUEUE, participant_topology
-from orchestrator.transport import Handler, PublishFailed, Subscription
+from orchestrator.transport import Handler, PublishFailed, Subscription, TransportUnavailable
 from participants import Participant, PermanentError, RetryableError, StepContext
 from participants import inbox as inbox_module
 from participants.runtime import ParticipantService, ParticipantSettings
@@ -72,12 +72,23 @@ class Shop:
     outcome: Outcome = _placed
 
     async def deliver(
-        self, command: StepCommand | bytes, *, reply_to: str | None = "replies"
+        self,
+        command: StepCommand | bytes,
+        *,
+        reply_to: str | None = "replies",
+        redelivered: bool = False,
     ) -> FakeDelivery:
         """Hand one delivery to the service, as the consumer would."""
         if isinstance(command, StepCommand):
             wire = encode(command)
-            delivery = FakeDelivery(wire.body, wire.headers, wire.message_id, reply_to, self.events)
+            delivery = FakeDelivery(
+                wire.body,
+                wire.headers,
+                wire.message_id,
+                reply_to,
+                self.events,
+                redelivered=redelivered,
+            )
         else:
             delivery = FakeDelivery(command, {}, None, reply_to, self.events)
         await self.service.handle(delivery)
@@ -154,14 +165,16 @@ class FakeDelivery:
 
 
 class FakeSubscription:
-    """A consumer that records its cancellation."""
+    """A consumer that records its cancellation (with its prefetch)."""
 
-    def __init__(self, transport: FakeTransport) -> None:
+    def __init__(self, transport: FakeTransport, prefetch: int) -> None:
         self._transport = transport
+        self.prefetch = prefetch
 
     async def cancel(self) -> None:
-        self._transport.events.append("cancel")
-        self._transport.cancelled.set()
+        self._transport.events.append(f"cancel {self.prefetch}")
+        if self._transport.subscriptions[-1] is self:
+            self._transport.cancelled.set()
 
 
 @dataclass
@@ -174,6 +187,9 @@ class FakeTransport:
     consuming: list[tuple[str, int]] = field(default_factory=list)
     failures: int = 0
     cancelled: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set when the subscription in use (the last one started) is cancelled."""
+    subscriptions: list[FakeSubscription] = field(default_factory=list)
+    consume_failures: int = 0
 
     async def declare(self, topology: Any) -> None:
         self.declared.append(topology)
@@ -212,8 +228,12 @@ class FakeTransport:
         )
 
     async def consume(self, queue: str, handler: Handler, *, prefetch: int) -> Subscription:
+        if self.consume_failures:
+            self.consume_failures -= 1
+            raise TransportUnavailable("channel closed")
         self.consuming.append((queue, prefetch))
-        return FakeSubscription(self)
+        self.subscriptions.append(FakeSubscription(self, prefetch))
+        return self.subscriptions[-1]
 
     async def close(self) -> None:
         self.events.append("close")
@@ -290,9 +310,43 @@ def _failure(reply: StepReply) -> tuple[str, str, bool]:
 
 async def test_start_creates_the_tables_declares_the_queues_and_consumes(shop: Shop) -> None:
     assert shop.transport.declared == [participant_topology("shop")]
-    assert shop.transport.consuming == [("saga.participant.shop", 20)]
+    assert shop.transport.consuming == [("saga.participant.shop", 1)]
     assert await shop.orders() == []
     assert await shop.stored() == {}
+
+
+async def test_redelivered_commands_are_taken_one_at_a_time(shop: Shop) -> None:
+    """A redelivered command may have killed the last process: while they come, at most
+    one command is held, so a death on one raises no bystander's delivery count."""
+    for saga_id in ("saga-1", "saga-2"):
+        delivered = await shop.deliver(_command(saga_id=saga_id), redelivered=True)
+        assert delivered.events[-1] == "ack"
+    assert shop.transport.consuming == [("saga.participant.shop", 1)]
+    assert not any(event.startswith("cancel") for event in shop.events)
+
+
+async def test_the_first_fresh_command_widens_the_consumer_to_the_full_prefetch(
+    shop: Shop,
+) -> None:
+    await shop.deliver(_command(saga_id="saga-1"), redelivered=True)
+    fresh = await shop.deliver(_command(saga_id="saga-2"))
+    await shop.deliver(_command(saga_id="saga-3"))
+    assert shop.transport.consuming == [("saga.participant.shop", 1), ("saga.participant.shop", 20)]
+    # The full consumer starts before the one-at-a-time one stops: never none.
+    assert shop.events.count("cancel 1") == 1
+    assert fresh.events[-1] == "ack"
+
+
+async def test_a_consumer_that_cannot_widen_stays_one_at_a_time_and_tries_again(
+    shop: Shop,
+) -> None:
+    shop.transport.consume_failures = 1
+    first = await shop.deliver(_command(saga_id="saga-1"))
+    assert first.events[-1] == "ack"
+    assert shop.transport.consuming == [("saga.participant.shop", 1)]
+    assert "cancel 1" not in shop.events
+    await shop.deliver(_command(saga_id="saga-2"))
+    assert shop.transport.consuming == [("saga.participant.shop", 1), ("saga.participant.shop", 20)]
 
 
 async def test_stop_lets_the_handler_in_flight_finish_then_closes(shop: Shop) -> None:
@@ -313,7 +367,7 @@ async def test_stop_lets_the_handler_in_flight_finish_then_closes(shop: Shop) ->
     release.set()
     await delivery
     await stopping
-    assert shop.events == ["cancel", "publish", "ack", "close"]
+    assert shop.events == ["cancel 1", "cancel 20", "publish", "ack", "close"]
 
 
 async def test_stop_gives_up_waiting_after_the_grace_period(engine: AsyncEngine) -> None:
