@@ -161,7 +161,7 @@ async def test_r10_to_r12_timeouts_compensations_poison_and_replay(
         mixed = rig.plan(scaled(40, 300)) + [c for _ in rounds for c in compensation_variants()]
         rig.rng.shuffle(mixed)
         late = [case for _ in rounds for case in timeout_variants(poison_file, poison=False)]
-        started = await asyncio.gather(rig.load(mixed), rig.load(late, saga="trio_short"))
+        started = list(await asyncio.gather(rig.load(mixed), rig.load(late, saga="trio_short")))
         await rig.wait_terminal([saga_id for batch in started for saga_id in batch], within=300)
         # Then the poison, with ordinary sagas in flight beside it on beta: bystanders that
         # must neither be dead-lettered nor fail.
