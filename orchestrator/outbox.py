@@ -51,6 +51,8 @@ class OutboxRelay:
         self._in_flight: set[int] = set()
         """Rows this relay is publishing right now: a sweep must not publish them again."""
         self._started_at = clock()
+        self._to_mark: list[tuple[list[int], asyncio.Future[bool]]] = []
+        self._marking = False
         self._stopped = asyncio.Event()
         self.published = 0
         self.unroutable = 0
@@ -85,15 +87,46 @@ class OutboxRelay:
             now = self._clock()
             if self._telemetry is not None:
                 self._telemetry.outbox_sent(confirmed, now)
-            try:
-                await self._store.mark_sent(sent, now)
-            except StoreError:
-                # They were confirmed; the sweep will send them again (a duplicate, which
-                # receivers drop) once the database is back.
-                log.warning("could not mark %d outbox rows sent", len(sent), exc_info=True)
+            if not await self._mark_sent(sent):
                 return 0
         self.published += len(sent)
         return len(sent)
+
+    async def _mark_sent(self, ids: list[int]) -> bool:
+        """Mark rows sent, together with those other publishes confirmed meanwhile: one
+        transaction for all of them (while one runs, the next batch gathers). True once
+        they are marked; False if the database refused (the sweep will send them again, a
+        duplicate that receivers drop, once it is back)."""
+        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._to_mark.append((ids, done))
+        if not self._marking:
+            self._marking = True
+            task = asyncio.get_running_loop().create_task(self._mark_batches())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return await done
+
+    async def _mark_batches(self) -> None:
+        try:
+            while self._to_mark:
+                batch, self._to_mark = self._to_mark, []
+                ids = [row_id for row_ids, _ in batch for row_id in row_ids]
+                try:
+                    await self._store.mark_sent(ids, self._clock())
+                    marked = True
+                except StoreError:
+                    log.warning("could not mark %d outbox rows sent", len(ids), exc_info=True)
+                    marked = False
+                except BaseException as exc:
+                    for _, done in batch:
+                        if not done.done():
+                            done.set_exception(exc)
+                    raise
+                for _, done in batch:
+                    if not done.done():
+                        done.set_result(marked)
+        finally:
+            self._marking = False
 
     async def _publish_one(self, message: OutboxMessage) -> bool:
         try:

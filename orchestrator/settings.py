@@ -11,6 +11,7 @@ from pathlib import Path
 
 from orchestrator.errors import SagaError
 from orchestrator.senders import REPLY_USERS_VARIABLE, ReplySenders
+from orchestrator.stores.engine import DEFAULT_POOL_SIZE
 from orchestrator.tls import amqp_url_from_env
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./saga.db"
@@ -31,6 +32,8 @@ class Settings:
     definitions_dir: Path = Path(DEFAULT_DEFINITIONS)
     prefetch: int = 100
     """Deliveries in hand per consumer (bounded: the broker holds the rest)."""
+    db_pool_size: int = DEFAULT_POOL_SIZE
+    """``SAGA_DB_POOL_SIZE``: database connections the process keeps (and the most it opens)."""
     max_message_bytes: int = 256 * 1024
     """Bodies larger than this are dead-lettered before parsing."""
     crash_at: str | None = None
@@ -49,14 +52,19 @@ class Settings:
             database_url=environ.get("SAGA_DATABASE_URL", DEFAULT_DATABASE_URL),
             amqp_url=amqp_url_from_env(environ, DEFAULT_AMQP_URL),
             definitions_dir=Path(environ.get("SAGA_DEFINITIONS", DEFAULT_DEFINITIONS)),
-            prefetch=_int(environ, "SAGA_PREFETCH", cls.prefetch),
-            max_message_bytes=_int(environ, "SAGA_MAX_MESSAGE_BYTES", cls.max_message_bytes),
+            prefetch=positive_int(environ, "SAGA_PREFETCH", cls.prefetch),
+            db_pool_size=positive_int(environ, "SAGA_DB_POOL_SIZE", cls.db_pool_size),
+            max_message_bytes=positive_int(
+                environ, "SAGA_MAX_MESSAGE_BYTES", cls.max_message_bytes
+            ),
             crash_at=environ.get("SAGA_CRASH_AT") or None,
             reply_senders=ReplySenders.parse(environ.get(REPLY_USERS_VARIABLE, "")),
         )
 
 
-def _int(environ: Mapping[str, str], name: str, default: int) -> int:
+def positive_int(environ: Mapping[str, str], name: str, default: int) -> int:
+    """The whole positive number in variable ``name`` (``default`` when unset or empty);
+    :class:`SettingsError` naming the variable otherwise."""
     raw = environ.get(name)
     if raw is None or raw == "":
         return default

@@ -26,12 +26,14 @@ import sqlalchemy as sa
 from opentelemetry import trace as trace_api
 from pydantic import ValidationError
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from contracts import EncodeError, MessageRejected, StepCommand, StepReply, decode, encode
 from orchestrator import crashpoints
 from orchestrator.logs import saga_log_context
+from orchestrator.settings import positive_int
 from orchestrator.store import StoreUnavailable
+from orchestrator.stores.engine import DEFAULT_POOL_SIZE
 from orchestrator.stores.errors import translate
 from orchestrator.telemetry.identity import trace_id_of
 from orchestrator.telemetry.setup import Telemetry
@@ -68,6 +70,9 @@ class ParticipantSettings:
     amqp_url: str
     database_url: str
     prefetch: int = 20
+    db_pool_size: int = DEFAULT_POOL_SIZE
+    """``SAGA_DB_POOL_SIZE``: connections to the participant's database (handlers beyond
+    that many wait for one)."""
     grace_seconds: float = 30.0
     max_message_bytes: int = 256 * 1024
     crash_at: str | None = None
@@ -81,13 +86,15 @@ class ParticipantSettings:
         ``SAGA_AMQP_KEY_FILE``), checked here (see :mod:`orchestrator.tls`). The user in
         the URL is the one the orchestrator's ``SAGA_REPLY_USERS`` must map this
         participant to: every reply carries it as its broker-validated ``user_id``."""
-        max_bytes = environ.get("SAGA_MAX_MESSAGE_BYTES", "")
         return cls(
             amqp_url=amqp_url_from_env(environ, "amqp://guest:guest@localhost:5672/"),
             database_url=environ.get(
                 "SAGA_PARTICIPANT_DATABASE_URL", f"sqlite+aiosqlite:///./{name}.db"
             ),
-            max_message_bytes=int(max_bytes) if max_bytes.isdigit() else cls.max_message_bytes,
+            max_message_bytes=positive_int(
+                environ, "SAGA_MAX_MESSAGE_BYTES", cls.max_message_bytes
+            ),
+            db_pool_size=positive_int(environ, "SAGA_DB_POOL_SIZE", cls.db_pool_size),
             crash_at=environ.get("SAGA_CRASH_AT") or None,
         )
 
@@ -352,16 +359,7 @@ class ParticipantService:
         try:
             async with self.engine.connect() as conn:
                 await conn.begin()
-                if command.kind == "compensation" and command.action_key:
-                    await inbox.cancel_action(
-                        conn,
-                        action_key=command.action_key,
-                        saga_id=command.saga_id,
-                        step=command.step,
-                    )
-                existing = await inbox.claim(
-                    conn, key=key, saga_id=command.saga_id, step=command.step, kind=command.kind
-                )
+                existing = await self._claim(conn, command)
                 if existing is not None:
                     await conn.commit()
                     logger.info(
@@ -371,7 +369,9 @@ class ParticipantService:
                         existing.status,
                     )
                     return _Outcome(_stored_reply(command, existing), ran_handler=False)
-                session = AsyncSession(bind=conn, join_transaction_mode="create_savepoint")
+                # The handler's session works in this transaction and commits nothing itself
+                # (the inbox row commits with its writes); its rollback is the transaction's.
+                session = AsyncSession(bind=conn, join_transaction_mode="rollback_only")
                 context = StepContext(
                     saga_id=command.saga_id,
                     saga_name=command.saga_name,
@@ -391,16 +391,7 @@ class ParticipantService:
                     await session.commit()
                 except PermanentError as exc:
                     await session.rollback()
-                    await inbox.finish(
-                        conn,
-                        key=key,
-                        status=inbox.InboxStatus.FAILED,
-                        error_code=exc.code,
-                        error_message=exc.message,
-                    )
-                    await conn.commit()
-                    reply = _failure(command, exc.code, exc.message, False)
-                    return _Outcome(reply, ran_handler=True)
+                    return await self._store_permanent_failure(conn, command, exc)
                 finally:
                     await session.close()
                 await inbox.finish(
@@ -418,6 +409,44 @@ class ParticipantService:
             logger.exception("handler raised; answering with a retryable failure")
             message = valid_text(f"{type(exc).__name__}: {exc}"[:4000])
             return _Outcome(_failure(command, "handler_error", message, True), True)
+
+    @staticmethod
+    async def _claim(conn: AsyncConnection, command: StepCommand) -> sa.Row[Any] | None:
+        """Claim the command's key in this transaction (a compensation first cancels its
+        action); the stored row when the key already has an outcome."""
+        if command.kind == "compensation" and command.action_key:
+            await inbox.cancel_action(
+                conn, action_key=command.action_key, saga_id=command.saga_id, step=command.step
+            )
+        return await inbox.claim(
+            conn,
+            key=command.idempotency_key,
+            saga_id=command.saga_id,
+            step=command.step,
+            kind=command.kind,
+        )
+
+    async def _store_permanent_failure(
+        self, conn: AsyncConnection, command: StepCommand, exc: PermanentError
+    ) -> _Outcome:
+        """The handler failed for good: roll back its transaction (its writes and the
+        claim) and store the failure in a transaction of its own. Dying before that commits
+        means the command is run again, which is safe: nothing of it was kept."""
+        await conn.rollback()  # the session rolls back only what it began
+        await conn.begin()
+        existing = await self._claim(conn, command)
+        if existing is not None:  # a copy of the command finished meanwhile: its answer holds
+            await conn.commit()
+            return _Outcome(_stored_reply(command, existing), ran_handler=True)
+        await inbox.finish(
+            conn,
+            key=command.idempotency_key,
+            status=inbox.InboxStatus.FAILED,
+            error_code=exc.code,
+            error_message=exc.message,
+        )
+        await conn.commit()
+        return _Outcome(_failure(command, exc.code, exc.message, False), ran_handler=True)
 
     async def _reply(self, reply: StepReply, reply_to: str) -> bool:
         return await publish_wire(self.transport, encode(reply), routing_key=reply_to)

@@ -68,7 +68,7 @@ def _load_registry(folder: Path) -> DefinitionRegistry:
 async def _run_orchestrator(
     settings: Settings, registry: DefinitionRegistry, telemetry: TelemetrySettings
 ) -> None:
-    store = await SqlStore.connect(settings.database_url)
+    store = await SqlStore.connect(settings.database_url, pool_size=settings.db_pool_size)
     transport = AmqpTransport(settings.amqp_url, name="saga-orchestrator")
     try:
         await transport.connect()
@@ -125,7 +125,7 @@ def load_participant(target: str) -> Participant:
 
 
 async def _run_participant(app: Participant, settings: ParticipantSettings) -> None:
-    engine = create_engine(settings.database_url)
+    engine = create_engine(settings.database_url, pool_size=settings.db_pool_size)
     transport = AmqpTransport(settings.amqp_url, name=f"saga-participant-{app.name}")
     await transport.connect()
     telemetry = TelemetrySettings.from_env(os.environ, service_name=f"saga-participant-{app.name}")

@@ -14,7 +14,7 @@ from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import URL, Connection, make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from orchestrator.store import StoreUnavailable
@@ -22,6 +22,7 @@ from orchestrator.stores.errors import BadDatabaseUrl
 
 __all__ = [
     "BEGIN_OPTION",
+    "DEFAULT_POOL_SIZE",
     "POSTGRES_LOCK_TIMEOUT_MS",
     "SQLITE_BUSY_TIMEOUT_MS",
     "create_engine",
@@ -79,20 +80,31 @@ def mask_url(url: str | URL) -> str:
     return parsed.render_as_string(hide_password=True)
 
 
+DEFAULT_POOL_SIZE = 10
+"""Connections a process keeps open by default (``SAGA_DB_POOL_SIZE``)."""
+
+
 def create_engine(
     url: str | URL, *, pool_size: int | None = None, application_name: str = "saga-orchestrator"
 ) -> AsyncEngine:
     """An async engine for ``url``, set up as described in the module docstring.
 
-    ``pool_size`` is how many connections stay open (SQLAlchemy's default, 5, when None;
-    as many again may be opened under load). ``application_name`` shows in PostgreSQL's
+    ``pool_size`` is how many connections the process keeps and the most it opens
+    (:data:`DEFAULT_POOL_SIZE` when None): a transaction that finds them all busy waits for
+    one. A fixed pool, because connections opened for a burst and closed after it cost the
+    database a backend process each. ``application_name`` shows in PostgreSQL's
     ``pg_stat_activity``. Creating the engine opens no connection; for SQLite it checks
     that the file's folder exists (:class:`~orchestrator.store.StoreUnavailable` if not).
+
+    PostgreSQL connections the server has closed are replaced at checkout without a round
+    trip (see :func:`_postgres_checkout`).
     """
     parsed = parse_url(url)
-    options: dict[str, Any] = {} if pool_size is None else {"pool_size": pool_size}
+    options: dict[str, Any] = {"pool_size": pool_size or DEFAULT_POOL_SIZE, "max_overflow": 0}
     if parsed.get_backend_name() == "sqlite":
         _check_sqlite_folder(parsed)
+        if parsed.database in (None, "", ":memory:"):
+            options = {}  # one connection, shared (SQLAlchemy's StaticPool): no pool to size
         engine = create_async_engine(parsed, **options)
         event.listen(engine.sync_engine, "connect", _sqlite_connect)
         event.listen(engine.sync_engine, "begin", _sqlite_begin)
@@ -103,13 +115,20 @@ def create_engine(
         # the waiter gives up with StoreUnavailable instead of hanging.
         "lock_timeout": f"{POSTGRES_LOCK_TIMEOUT_MS}ms",
     }
-    return create_async_engine(
-        parsed,
-        # A PostgreSQL restart leaves dead connections in the pool: test each on checkout.
-        pool_pre_ping=True,
-        connect_args={"server_settings": settings},
-        **options,
-    )
+    engine = create_async_engine(parsed, connect_args={"server_settings": settings}, **options)
+    event.listen(engine.sync_engine, "checkout", _postgres_checkout)
+    return engine
+
+
+def _postgres_checkout(_dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+    # A connection the server closed (a restart, pg_terminate_backend) is known closed to
+    # the driver as soon as the loop has read the end of its socket: skip it for a fresh
+    # one. This costs no round trip, unlike SQLAlchemy's pre-ping (BEGIN, a query,
+    # ROLLBACK on every checkout). A connection that died silently fails at its first
+    # statement instead, as a disconnect, and the caller retries.
+    driver = record.driver_connection
+    if driver is not None and driver.is_closed():
+        raise DisconnectionError("the server closed this connection")
 
 
 def _check_sqlite_folder(url: URL) -> None:

@@ -55,7 +55,8 @@ class SqlStore:
     async def connect(cls, url: str, *, pool_size: int | None = None) -> SqlStore:
         """A store on the database at ``url`` (``sqlite+aiosqlite:///...`` or
         ``postgresql+asyncpg://...``; plain ``sqlite://``/``postgresql://`` get the async
-        driver), keeping up to ``pool_size`` connections open (default 5).
+        driver), with ``pool_size`` connections (see
+        :func:`~orchestrator.stores.engine.create_engine`).
         :class:`~orchestrator.store.StoreUnavailable` if it does not answer."""
         store = cls(create_engine(url, pool_size=pool_size))
         try:

@@ -1,0 +1,75 @@
+"""The relay marks confirmed rows sent in batches: while one batch is being marked, the rows
+other publishes confirm meanwhile gather and go in the next transaction, and each publish
+returns only once its own rows are marked (or the database refused them)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any, cast
+
+from orchestrator.outbox import OutboxRelay
+from orchestrator.store import OutboxMessage, Store, StoreUnavailable
+from orchestrator.transport import Transport
+
+
+class ConfirmingTransport:
+    async def publish(self, **_: Any) -> None:
+        await asyncio.sleep(0)
+
+
+class GatedStore:
+    """mark_sent waits for ``gate`` while ``hold`` is set; records each call's ids."""
+
+    def __init__(self) -> None:
+        self.marked: list[list[int]] = []
+        self.gate = asyncio.Event()
+        self.entered = asyncio.Event()
+        self.fail = False
+
+    async def mark_sent(self, ids: Sequence[int], now: datetime) -> None:
+        self.entered.set()
+        await self.gate.wait()
+        if self.fail:
+            raise StoreUnavailable("the database is gone")
+        self.marked.append(list(ids))
+
+
+def _row(row_id: int) -> OutboxMessage:
+    return OutboxMessage(
+        message_id=f"m-{row_id}", exchange="x", routing_key="k", body=b"{}", id=row_id
+    )
+
+
+def _relay(store: GatedStore) -> OutboxRelay:
+    return OutboxRelay(
+        cast(Store, store), cast(Transport, ConfirmingTransport()), lambda: datetime.now(UTC)
+    )
+
+
+async def test_rows_confirmed_while_a_batch_is_marked_go_together_in_the_next() -> None:
+    store = GatedStore()
+    relay = _relay(store)
+    first = asyncio.create_task(relay.publish([_row(1)]))
+    await store.entered.wait()
+    later = [asyncio.create_task(relay.publish([_row(i)])) for i in (2, 3, 4)]
+    await asyncio.sleep(0.01)
+    assert not first.done(), "a publish returns once its rows are marked"
+    store.gate.set()
+    assert await asyncio.gather(first, *later) == [1, 1, 1, 1]
+    assert store.marked == [[1], [2, 3, 4]]
+    assert relay.published == 4
+
+
+async def test_rows_the_database_refused_to_mark_count_as_not_sent() -> None:
+    store = GatedStore()
+    store.fail = True
+    store.gate.set()
+    relay = _relay(store)
+    assert await relay.publish([_row(1), _row(2)]) == 0
+    assert relay.published == 0
+    # The next publish starts a new batch: one failure does not stop the marking.
+    store.fail = False
+    assert await relay.publish([_row(3)]) == 1
+    assert store.marked == [[3]]
