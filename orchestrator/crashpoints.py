@@ -5,6 +5,10 @@ cleanup, no flush, like SIGKILL but at an exact place) the n-th time it reaches 
 (the first time when ``@n`` is left out). The fault tests use it to prove that a crash
 between any two durable steps loses and repeats nothing (RELIABILITY.md, R3).
 
+A participant reaches its points only in commands that are not redelivered suspects (see
+``participants.runtime``): a death while a suspect runs alone counts towards declaring it
+poison, and an injected death is no command's fault.
+
 The points are process-wide by nature, so the armed set is module state, set once at the
 entry point with :func:`arm`. Unarmed, :func:`crash` is a single falsy check.
 """

@@ -265,15 +265,24 @@ class ParticipantService:
         async with self._lane.alone() if suspected else self._lane.together():
             if suspected and await self._is_poison(delivery, span):
                 return
-            await self._answer(delivery, command, handler)
+            await self._answer(delivery, command, handler, suspected=suspected)
             if suspected:
                 with contextlib.suppress(*_DB_ERRORS):
                     await inbox.cleared(self.engine, delivery.message_id or "")
 
     async def _answer(
-        self, delivery: Delivery, command: StepCommand, handler: CommandHandler
+        self,
+        delivery: Delivery,
+        command: StepCommand,
+        handler: CommandHandler,
+        *,
+        suspected: bool,
     ) -> None:
-        """Run the command (or answer it from the inbox), reply, then ack."""
+        """Run the command (or answer it from the inbox), reply, then ack.
+
+        The crash points (fault tests) fire only in commands that are not suspects: a
+        death while a suspect runs alone counts towards its poison verdict, and the deaths
+        the tests inject are no command's fault."""
         started = time.perf_counter()
         with (
             saga_log_context(
@@ -281,7 +290,7 @@ class ParticipantService:
             ),
             self._observe.handling(command) as handler_span,
         ):
-            outcome = await self._run_until_stored(command, handler)
+            outcome = await self._run_until_stored(command, handler, crash=not suspected)
             if outcome is None:
                 return
             self._observe.handled(
@@ -296,7 +305,8 @@ class ParticipantService:
         else:
             self.inbox_answers += 1
         if await self._reply(outcome.reply, delivery.reply_to or REPLY_QUEUE):
-            crashpoints.crash("participant.after_reply_before_ack")
+            if not suspected:
+                crashpoints.crash("participant.after_reply_before_ack")
             await delivery.ack()
         else:
             await delivery.requeue()
@@ -324,13 +334,13 @@ class ParticipantService:
         return True
 
     async def _run_until_stored(
-        self, command: StepCommand, handler: CommandHandler
+        self, command: StepCommand, handler: CommandHandler, *, crash: bool
     ) -> _Outcome | None:
         """Run the command, holding it through a database outage; None when stopping first."""
         delay = 0.2
         while True:
             try:
-                outcome = await self._run(command, handler)
+                outcome = await self._run(command, handler, crash=crash)
                 break
             except _DatabaseUnavailable as exc:
                 # Not the handler's fault: answering a failure would spend the step's
@@ -345,7 +355,7 @@ class ParticipantService:
                 delay = min(delay * 2, 5.0)
         return outcome
 
-    async def _run(self, command: StepCommand, handler: CommandHandler) -> _Outcome:
+    async def _run(self, command: StepCommand, handler: CommandHandler, *, crash: bool) -> _Outcome:
         key = command.idempotency_key
         logger = logging.LoggerAdapter(
             log,
@@ -387,7 +397,8 @@ class ParticipantService:
                     payload = handler.parse(command.payload)
                     value = await handler.func(payload, context)
                     success = _checked_success(command, value)
-                    crashpoints.crash("participant.before_commit")
+                    if crash:
+                        crashpoints.crash("participant.before_commit")
                     await session.commit()
                 except PermanentError as exc:
                     await session.rollback()
@@ -398,7 +409,8 @@ class ParticipantService:
                     conn, key=key, status=inbox.InboxStatus.SUCCEEDED, result=success.result
                 )
                 await conn.commit()
-                crashpoints.crash("participant.after_commit_before_reply")
+                if crash:
+                    crashpoints.crash("participant.after_commit_before_reply")
                 return _Outcome(success, ran_handler=True)
         except StepError as exc:
             logger.info("handler failed, retryable: %s", exc)

@@ -66,8 +66,8 @@ async def test_r3_a_crash_at_each_named_point_loses_and_repeats_nothing(
     victim = "orchestrator" if point.startswith("orchestrator.") else "participant-beta"
     # Sparse points (a compensation) are hit less often than per-message ones. In a
     # participant, a restart first runs the redelivered commands one at a time (suspects of
-    # a poison); dying at one of those again and again would make it look like poison, so
-    # the participant's deaths come a few commands later.
+    # a poison); the crash points do not fire in those (dying in one again and again would
+    # make it look like poison), and the participant's deaths come a few commands later.
     if point == "orchestrator.mid_compensation":
         hits = (1, 3)
     elif point.startswith("participant."):
