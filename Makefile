@@ -18,7 +18,7 @@ lint: $(STAMP)
 	bash scripts/check-unsafe-yaml
 
 typecheck: $(STAMP)
-	$(BIN)/mypy orchestrator participants contracts tests scripts/mutation_check.py
+	$(BIN)/mypy orchestrator participants contracts tests bench scripts/mutation_check.py
 
 test: lint typecheck
 	$(BIN)/pytest -q
@@ -41,8 +41,14 @@ test-faults: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m orchestrator.demo
 
-bench: $(STAMP)
-	$(BIN)/python -m bench
+$(VENV)/.bench-installed: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	touch $@
+
+# The standard saga workload on this product, the floor, DBOS and Celery (bench/);
+# BENCH_ARGS passes options, e.g. make bench BENCH_ARGS='--runs 5'.
+bench: $(VENV)/.bench-installed
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""The peers the benchmark measures beside this product (the optional bench extra)."""

@@ -1,0 +1,95 @@
+"""The benchmark harness's own logic: the arguments it accepts, how it summarises runs into
+medians and ratios to the floor, and the /proc readings its CPU figures rest on."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from bench import procstat
+from bench.__main__ import _parser, plan, summarise
+from bench.floor import Floor
+from bench.runner import RunResult, _percentile
+
+
+def _run(system: str, rate: float, cpu: float, p99: float = 100.0) -> RunResult:
+    return RunResult(
+        system=system,
+        workload="success, N=10, C=2",
+        sagas_per_second=rate,
+        p50_ms=10.0,
+        p99_ms=p99,
+        cpu_ms_per_saga={"orchestrator": cpu / 2, "postgresql": cpu / 2},
+        peak_rss_mb={"orchestrator": 50.0},
+        commits_per_saga=7.0,
+        messages_per_saga=7.0,
+        seconds=1.0,
+    )
+
+
+def test_summary_takes_medians_and_ratios_to_the_floor_of_the_same_workload() -> None:
+    runs = [
+        _run(Floor.name, 100, 6),
+        _run(Floor.name, 300, 6),
+        _run(Floor.name, 200, 6),
+        _run("ours", 150, 9, p99=150),
+        _run("ours", 140, 9, p99=150),
+        _run("ours", 160, 12, p99=250),
+    ]
+    rows = {row["system"]: row for row in summarise(runs)}
+    ours = rows["ours"]
+    assert ours["sagas_per_second"] == 150
+    assert (ours["sagas_per_second_min"], ours["sagas_per_second_max"]) == (140, 160)
+    assert ours["throughput_vs_floor"] == pytest.approx(0.75)
+    assert ours["cpu_vs_floor"] == pytest.approx(1.5)
+    assert ours["p99_vs_floor"] == pytest.approx(1.5)
+    assert rows[Floor.name]["throughput_vs_floor"] == 1
+
+
+def test_percentile_of_a_known_list() -> None:
+    values = [float(v) for v in range(1, 101)]
+    assert _percentile(values, 99) == pytest.approx(99.01)
+    assert _percentile([5.0], 99) == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (["--systems", "floor,nosuch"], "--systems: unknown nosuch"),
+        (["--concurrency", "ten"], "--concurrency: 'ten' is not a list of whole numbers"),
+        (["--variants", "sometimes"], "--variants: sometimes"),
+        (["--sagas", "0"], "must be at least 1"),
+    ],
+)
+def test_bad_arguments_are_refused_naming_the_argument(
+    args: list[str], error: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    parser = _parser()
+    with pytest.raises(SystemExit) as exit_info:
+        plan(parser.parse_args(["--systems", "floor,ours", *args]), parser)
+    assert exit_info.value.code == 2
+    assert error in capsys.readouterr().err
+
+
+def test_the_default_plan_runs_both_variants_then_the_lower_concurrency() -> None:
+    parser = _parser()
+    matrix = plan(parser.parse_args(["--systems", "floor,ours"]), parser)
+    assert [w.label for w in matrix.workloads] == [
+        "success, N=2000, C=100",
+        "compensation, N=2000, C=100",
+        "success, N=2000, C=10",
+    ]
+    assert (matrix.systems, matrix.runs) == (["floor", "ours"], 3)
+
+
+def test_cpu_seconds_grow_with_work_and_count_the_process_itself() -> None:
+    before = procstat.cpu_seconds(os.getpid())
+    deadline = time.process_time() + 0.2
+    while time.process_time() < deadline:
+        pass
+    assert procstat.cpu_seconds(os.getpid()) - before >= 0.15
+    assert os.getpid() in procstat.descendants([os.getpid()])
+    assert procstat.peak_rss_mb(os.getpid()) > 1
+    assert procstat.cpu_seconds(2**22 + 12345) == 0.0  # no such process
