@@ -30,7 +30,7 @@ _INSERT = (
 _connection: psycopg.Connection[Any] | None = None
 
 
-@worker_process_init.connect  # type: ignore[untyped-decorator]
+@worker_process_init.connect  # type: ignore[untyped-decorator,unused-ignore]
 def _connect(**_: Any) -> None:
     """One connection per worker process, opened after the fork."""
     global _connection
@@ -44,12 +44,12 @@ def _write(key: str, step: str, kind: str) -> None:
     _connection.execute(_INSERT, (key, step, kind))
 
 
-@app.task(name="bench.step")  # type: ignore[untyped-decorator]
+@app.task(name="bench.step")  # type: ignore[untyped-decorator,unused-ignore]
 def step(key: str, name: str, kind: str) -> None:
     _write(key, name, kind)
 
 
-@app.task(name="bench.confirm")  # type: ignore[untyped-decorator]
+@app.task(name="bench.confirm")  # type: ignore[untyped-decorator,unused-ignore]
 def confirm(key: str, fail: bool) -> None:
     if fail:
         compensations(key).apply_async()

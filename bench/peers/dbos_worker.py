@@ -25,13 +25,13 @@ class Rejected(Exception):
     """Confirm failed for good."""
 
 
-@DBOS.step()
+@DBOS.step()  # type: ignore[untyped-decorator,unused-ignore]
 async def write(key: str, step: str, kind: str) -> None:
     assert _pool is not None
     await _pool.execute(_INSERT, key, step, kind)
 
 
-@DBOS.step()
+@DBOS.step()  # type: ignore[untyped-decorator,unused-ignore]
 async def confirm(key: str, fail: bool) -> None:
     if fail:
         raise Rejected(f"order {key} cannot be confirmed")
@@ -39,7 +39,7 @@ async def confirm(key: str, fail: bool) -> None:
     await _pool.execute(_INSERT, key, "confirm", "action")
 
 
-@DBOS.workflow()
+@DBOS.workflow()  # type: ignore[untyped-decorator,unused-ignore]
 async def order(key: str, fail: bool) -> str:
     await write(key, "reserve", "action")
     await write(key, "charge", "action")
