@@ -48,6 +48,16 @@ class Services:
         return self.postgres_dsn.replace("postgresql://", "postgresql+asyncpg://", 1)
 
 
+async def create_effects_table(services: Services) -> None:
+    """Create ``bench_effects`` in the run's database (for systems whose own set-up does
+    not)."""
+    db = await asyncpg.connect(services.postgres_dsn)
+    try:
+        await db.execute(EFFECTS_DDL)
+    finally:
+        await db.close()
+
+
 @dataclass
 class Processes:
     """The system's own processes by role, for CPU and memory figures."""

@@ -13,7 +13,7 @@ from typing import Any
 import asyncpg
 
 from bench import proc, procstat
-from bench.system import EFFECTS_DDL, Processes, Services
+from bench.system import Processes, Services, create_effects_table
 
 _FINISHED_SQL = """
 SELECT saga_key, extract(epoch FROM max(at))::float8 FROM bench_effects
@@ -37,11 +37,7 @@ class CeleryPeer:
         self._connection: Any = None
 
     async def start(self, services: Services) -> None:
-        db = await asyncpg.connect(services.postgres_dsn)
-        try:
-            await db.execute(EFFECTS_DDL)
-        finally:
-            await db.close()
+        await create_effects_table(services)
         settings = {"BENCH_AMQP_URL": services.amqp_url, "BENCH_EFFECTS_DSN": services.postgres_dsn}
         concurrency = str(os.cpu_count() or 2)
         self._worker = await proc.start(

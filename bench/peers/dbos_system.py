@@ -11,7 +11,7 @@ import asyncpg
 
 from bench import proc
 from bench.peers.dbos_worker import READY
-from bench.system import EFFECTS_DDL, Processes, Services
+from bench.system import Processes, Services, create_effects_table
 
 _FINISHED_SQL = """
 SELECT workflow_uuid, updated_at / 1000.0 FROM dbos.workflow_status
@@ -30,11 +30,7 @@ class DbosPeer:
         self._process: subprocess.Popen[bytes] | None = None
 
     async def start(self, services: Services) -> None:
-        db = await asyncpg.connect(services.postgres_dsn)
-        try:
-            await db.execute(EFFECTS_DDL)
-        finally:
-            await db.close()
+        await create_effects_table(services)
         self._process = await proc.start(
             ["-m", "bench.peers.dbos_worker", services.postgres_dsn, services.postgres_dsn],
             env=proc.environ({}),

@@ -54,7 +54,10 @@ async def test_rows_confirmed_while_a_batch_is_marked_go_together_in_the_next() 
     first = asyncio.create_task(relay.publish([_row(1)]))
     await store.entered.wait()
     later = [asyncio.create_task(relay.publish([_row(i)])) for i in (2, 3, 4)]
-    await asyncio.sleep(0.01)
+    async with asyncio.timeout(5):
+        # Until the three later rows wait for the next batch (relay state, no event).
+        while len(relay._to_mark) < 3:  # noqa: ASYNC110
+            await asyncio.sleep(0)
     assert not first.done(), "a publish returns once its rows are marked"
     store.gate.set()
     assert await asyncio.gather(first, *later) == [1, 1, 1, 1]
