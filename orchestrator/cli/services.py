@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 import os
 import sys
@@ -11,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from orchestrator import crashpoints
+from orchestrator import crashpoints, eventloop
 from orchestrator.definitions.errors import DefinitionInvalid
 from orchestrator.definitions.registry import DefinitionRegistry
 from orchestrator.errors import SagaError
@@ -49,7 +48,7 @@ def run_orchestrator(definitions_dir: Path | None) -> None:
     crashpoints.arm(settings.crash_at)
     registry = _load_registry(settings.definitions_dir)
     telemetry = TelemetrySettings.from_env(os.environ, service_name="saga-orchestrator")
-    asyncio.run(_run_orchestrator(settings, registry, telemetry))
+    eventloop.run(_run_orchestrator(settings, registry, telemetry), os.environ)
 
 
 def _load_registry(folder: Path) -> DefinitionRegistry:
@@ -94,7 +93,7 @@ def run_participant(target: str) -> None:
     settings = ParticipantSettings.from_env(app.name, os.environ)
     configure_logging(LogSettings.from_env(os.environ))
     crashpoints.arm(settings.crash_at)
-    asyncio.run(_run_participant(app, settings))
+    eventloop.run(_run_participant(app, settings), os.environ)
 
 
 def load_participant(target: str) -> Participant:
