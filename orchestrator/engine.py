@@ -27,12 +27,21 @@ from orchestrator import crashpoints
 from orchestrator.core.effects import Record, SendCommand
 from orchestrator.core.events import Event, ReplyFailed, ReplySucceeded, TimerFired
 from orchestrator.core.machine import Decision, decide, start
-from orchestrator.core.state import Kind
+from orchestrator.core.state import Kind, SagaState
 from orchestrator.definitions.errors import UnknownDefinition
+from orchestrator.definitions.model import SagaDefinition
 from orchestrator.definitions.registry import DefinitionRegistry
 from orchestrator.definitions.schema import validate_input
 from orchestrator.errors import SagaError
-from orchestrator.store import DuplicateSaga, OutboxMessage, SagaRecord, Store, UnitOfWork
+from orchestrator.store import (
+    DuplicateSaga,
+    NewSaga,
+    OutboxMessage,
+    SagaRecord,
+    Store,
+    Transition,
+    UnitOfWork,
+)
 from orchestrator.telemetry.identity import SagaTrace
 from orchestrator.telemetry.sagas import Observation, SagaTelemetry
 from orchestrator.telemetry.setup import Telemetry
@@ -96,6 +105,10 @@ class Engine:
             await self._send_outside_saga(reply, reply_to, now)
             return reply
         definition = self.registry.get(request.saga_name, request.saga_version)
+        if request.idempotency_key is not None:
+            created = await self._create(request, definition, reply_to, now)
+            if created is not None:
+                return created
         outbox: list[OutboxMessage] = []
         observation: Observation | None = None
         async with self.store.transaction() as uow:
@@ -124,7 +137,9 @@ class Engine:
                     if existing is None:
                         raise
                 else:
-                    outbox.extend(await self._apply_effects(uow, saga_id, decision, trace, now))
+                    history, commands = self._effects(decision, trace)
+                    await uow.append_history(saga_id, history, now)
+                    outbox.extend(_stored(commands, await uow.enqueue(commands, now), now))
                     observation = Observation(None, decision, trace, now)
                     reply = self._accepted(request, saga_id, created=True)
             if existing is not None:
@@ -132,10 +147,39 @@ class Engine:
             if reply_to:
                 reply_message = self._reply_message(reply, reply_to)
                 ids = await uow.enqueue([reply_message], now)
-                outbox.append(_with_id(reply_message, ids[0], now))
+                outbox.extend(_stored([reply_message], ids, now))
         self._committed(outbox)
         if observation is not None:
             self.telemetry.observe(observation, now)
+        return reply
+
+    async def _create(
+        self, request: StartRequest, definition: SagaDefinition, reply_to: str | None, now: datetime
+    ) -> StartReply | None:
+        """Start a keyed saga in one write when its key is free and the request is new;
+        None when that is not so (the transaction in :meth:`start` then sorts it out)."""
+        assert request.idempotency_key is not None
+        saga_id = self.ids()
+        decision = start(saga_id, definition, request.input, now)
+        trace = SagaTrace.begin(saga_id, request.trace)
+        history, messages = self._effects(decision, trace)
+        reply = self._accepted(request, saga_id, created=True)
+        if reply_to:
+            messages.append(self._reply_message(reply, reply_to))
+        saga = NewSaga(
+            state=decision.state,
+            idempotency_key=request.idempotency_key,
+            trace_context=trace.to_stored(),
+            history=history,
+            outbox=messages,
+            inbox=(START_CONSUMER, request.message_id),
+            now=now,
+        )
+        ids = await self.store.create(saga)
+        if ids is None:
+            return None
+        self._committed(_stored(messages, ids, now))
+        self.telemetry.observe(Observation(None, decision, trace, now), now)
         return reply
 
     def _check_start(self, request: StartRequest) -> tuple[str, str] | None:
@@ -177,12 +221,17 @@ class Engine:
         message = self._reply_message(reply, reply_to)
         async with self.store.transaction() as uow:
             ids = await uow.enqueue([message], now)
-        self._committed([_with_id(message, ids[0], now)])
+        self._committed(_stored([message], ids, now))
 
     # -- replies and timers -----------------------------------------------------
 
-    async def on_reply(self, reply: StepReply) -> Decision | None:
-        """Apply a participant's reply; None if it was a duplicate message or an unknown saga."""
+    async def on_reply(
+        self, reply: StepReply, *, check: Callable[[SagaState], None] | None = None
+    ) -> Decision | None:
+        """Apply a participant's reply; None if it was a duplicate message or an unknown saga.
+
+        ``check`` sees the saga before anything is decided and may refuse the reply by
+        raising (the sender check of ``SAGA_REPLY_USERS``)."""
         event: Event
         kind = Kind(reply.kind)
         if reply.outcome == "success":
@@ -200,22 +249,27 @@ class Engine:
                 reply.error.message,
                 reply.error.retryable,
             )
+        inbox = (REPLY_CONSUMER, reply.message_id)
         now = self.clock()
-        async with self.store.transaction() as uow:
-            if not await uow.mark_processed(REPLY_CONSUMER, reply.message_id, now):
-                log.info("reply %s was applied before; this copy is dropped", reply.message_id)
-                return None
-            record = await uow.load(reply.saga_id)
-            if record is None:
-                log.warning(
-                    "reply for unknown saga %s (step %s) dropped", reply.saga_id, reply.step
-                )
-                return None
-            decision = decide(record.state, event, now)
-            outbox, observation = await self._save(uow, record, decision, now)
-            crashpoints.crash("orchestrator.before_reply_commit")
-        self._committed(outbox)
-        self.telemetry.observe(observation, now)
+        snapshot = await self.store.snapshot(reply.saga_id, inbox=inbox)
+        record = snapshot.record
+        if snapshot.processed:
+            log.info("reply %s was applied before; this copy is dropped", reply.message_id)
+            return None
+        if record is None:
+            log.warning("reply for unknown saga %s (step %s) dropped", reply.saga_id, reply.step)
+            return None
+        if check is not None:
+            check(record.state)
+        decision = decide(record.state, event, now)
+        transition, trace = self._transition(record, decision, now, snapshot.last_seq, inbox)
+        crashpoints.crash("orchestrator.before_reply_commit")
+        ids = await self.store.apply(transition)
+        if ids is None:
+            log.info("reply %s was applied meanwhile; this copy is dropped", reply.message_id)
+            return None
+        self._committed(_stored(transition.outbox, ids, now))
+        self.telemetry.observe(Observation(record.state, decision, trace, record.created_at), now)
         return decision
 
     async def fire_due(self, limit: int = TIMER_BATCH) -> int:
@@ -269,35 +323,44 @@ class Engine:
         self, uow: UnitOfWork, record: SagaRecord, decision: Decision, now: datetime
     ) -> tuple[list[OutboxMessage], Observation]:
         """Write the decision; the messages to publish and what to observe after the commit."""
-        if decision.changed:
-            await uow.update(decision.state, expected_version=record.version, now=now)
-        saga_id = record.state.saga_id
-        trace = SagaTrace.stored(saga_id, record.trace_context)
-        outbox = await self._apply_effects(uow, saga_id, decision, trace, now)
+        transition, trace = self._transition(record, decision, now)
+        ids = await uow.apply(transition)
+        assert ids is not None  # no inbox row to collide with
+        outbox = _stored(transition.outbox, ids, now)
         return outbox, Observation(record.state, decision, trace, record.created_at)
 
-    async def _apply_effects(
+    def _transition(
         self,
-        uow: UnitOfWork,
-        saga_id: str,
+        record: SagaRecord,
         decision: Decision,
-        trace: SagaTrace,
         now: datetime,
-    ) -> list[OutboxMessage]:
+        last_seq: int | None = None,
+        inbox: tuple[str, str] | None = None,
+    ) -> tuple[Transition, SagaTrace]:
+        trace = SagaTrace.stored(record.state.saga_id, record.trace_context)
+        history, commands = self._effects(decision, trace)
+        transition = Transition(
+            before=record,
+            after=decision.state,
+            history=history,
+            outbox=commands,
+            now=now,
+            last_seq=last_seq,
+            inbox=inbox,
+        )
+        return transition, trace
+
+    def _effects(
+        self, decision: Decision, trace: SagaTrace
+    ) -> tuple[list[Record], list[OutboxMessage]]:
+        """The decision's history records and the messages of its commands."""
         records = [effect for effect in decision.effects if isinstance(effect, Record)]
-        if records:
-            await uow.append_history(saga_id, records, now)
         commands = [
             self._command_message(decision, effect, trace)
             for effect in decision.effects
             if isinstance(effect, SendCommand)
         ]
-        if not commands:
-            return []
-        ids = await uow.enqueue(commands, now)
-        return [
-            _with_id(message, row_id, now) for message, row_id in zip(commands, ids, strict=True)
-        ]
+        return records, commands
 
     def _command_message(
         self, decision: Decision, effect: SendCommand, trace: SagaTrace
@@ -332,5 +395,11 @@ class Engine:
         )
 
 
-def _with_id(message: OutboxMessage, row_id: int, now: datetime) -> OutboxMessage:
-    return replace(message, id=row_id, created_at=now)
+def _stored(
+    messages: Sequence[OutboxMessage], ids: Sequence[int], now: datetime
+) -> list[OutboxMessage]:
+    """The messages as the outbox holds them (row id and creation time set)."""
+    return [
+        replace(message, id=row_id, created_at=now)
+        for message, row_id in zip(messages, ids, strict=True)
+    ]

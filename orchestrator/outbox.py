@@ -38,6 +38,7 @@ class OutboxRelay:
         sweep_interval: float = 1.0,
         sweep_grace: timedelta = timedelta(seconds=5),
         batch: int = 500,
+        mark_gather: float = 0.02,
         telemetry: SagaTelemetry | None = None,
     ) -> None:
         self._store = store
@@ -46,6 +47,9 @@ class OutboxRelay:
         self._sweep_interval = sweep_interval
         self._sweep_grace = sweep_grace
         self._batch = batch
+        self._mark_gather = mark_gather
+        """Seconds a marking waits for more confirms to join it (fewer, larger updates;
+        no saga waits for it)."""
         self._telemetry = telemetry
         self._tasks: set[asyncio.Task[None]] = set()
         self._in_flight: set[int] = set()
@@ -94,7 +98,7 @@ class OutboxRelay:
 
     async def _mark_sent(self, ids: list[int]) -> bool:
         """Mark rows sent, together with those other publishes confirmed meanwhile: one
-        transaction for all of them (while one runs, the next batch gathers). True once
+        update for all of them (while one runs, or for ``mark_gather``, the next gathers). True once
         they are marked; False if the database refused (the sweep will send them again, a
         duplicate that receivers drop, once it is back)."""
         done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
@@ -109,6 +113,8 @@ class OutboxRelay:
     async def _mark_batches(self) -> None:
         try:
             while self._to_mark:
+                if self._mark_gather > 0 and not self._stopped.is_set():
+                    await asyncio.sleep(self._mark_gather)
                 batch, self._to_mark = self._to_mark, []
                 ids = [row_id for row_ids, _ in batch for row_id in row_ids]
                 try:

@@ -16,10 +16,9 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from contracts import MessageRejected, StepReply
+from contracts import MessageRejected
 from orchestrator.core.state import SagaState
 from orchestrator.errors import SagaError
-from orchestrator.store import Store
 
 __all__ = ["REPLY_USERS_VARIABLE", "ReplySenders", "ReplyUsersError", "WrongSender"]
 
@@ -83,15 +82,6 @@ class ReplySenders:
                 f"{REPLY_USERS_VARIABLE} has no user for participant {names}, which the saga "
                 f"definitions use; add {missing[0]}=<its RabbitMQ user> to it"
             )
-
-    async def verify(self, store: Store, reply: StepReply, user_id: str | None) -> None:
-        """:meth:`check` a reply against its saga as stored; a saga that does not exist
-        passes (the engine drops such a reply). Read outside the engine's transaction,
-        which is safe: a saga keeps the definition it started with, so the participant of
-        a step never changes."""
-        record = await store.get(reply.saga_id)
-        if record is not None:
-            self.check(record.state, reply.step, user_id)
 
     def check(self, state: SagaState, step: str, user_id: str | None) -> None:
         """Raise :class:`WrongSender` unless ``user_id`` is the user of the participant of

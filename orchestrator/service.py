@@ -17,10 +17,12 @@ from collections.abc import Awaitable, Callable
 
 from contracts import MessageRejected, StartRequest, StepReply, decode
 from orchestrator import crashpoints
+from orchestrator.core.state import SagaState
 from orchestrator.definitions.registry import DefinitionRegistry
 from orchestrator.engine import Engine, utc_now
 from orchestrator.logs import saga_log_context
 from orchestrator.outbox import OutboxRelay
+from orchestrator.pruning import PruneLoop
 from orchestrator.settings import Settings
 from orchestrator.store import StaleVersion, Store, StoreUnavailable
 from orchestrator.telemetry.broker import DlqDepthGauge
@@ -55,6 +57,14 @@ class OrchestratorService:
         self.engine = Engine(store, registry, on_commit=self.relay.submit, telemetry=saga_telemetry)
         self._dlq_gauge: DlqDepthGauge | None = None
         self.timers = TimerLoop(self.engine)
+        self.pruner = PruneLoop(
+            lambda cutoff, limit: store.prune(
+                processed_before=cutoff, sent_before=cutoff, limit=limit
+            ),
+            retention=settings.dedupe_retention,
+            clock=utc_now,
+            what="handled message ids and sent outbox rows",
+        )
         self._subscriptions: list[Subscription] = []
         self._background: list[asyncio.Task[None]] = []
         self._in_flight = 0
@@ -72,6 +82,7 @@ class OrchestratorService:
         self._background = [
             asyncio.create_task(self.relay.run(), name="outbox-relay"),
             asyncio.create_task(self.timers.run(), name="timers"),
+            asyncio.create_task(self.pruner.run(), name="pruner"),
         ]
         if self.telemetry.measuring:
             dlqs = [queue.name for queue in topology.queues if queue.name.endswith(DLQ_SUFFIX)]
@@ -96,6 +107,7 @@ class OrchestratorService:
             await subscription.cancel()
         await self._idle.wait()
         self.timers.stop()
+        self.pruner.stop()
         self.relay.stop()
         if self._dlq_gauge is not None:
             self._dlq_gauge.stop()
@@ -126,11 +138,13 @@ class OrchestratorService:
             reply = decode(delivery.body, delivery.headers, expect=StepReply, max_bytes=cap)
             trace_id = trace_id_of(reply.trace)
             with saga_log_context(reply.saga_id, step=reply.step, trace_id=trace_id):
+                check: Callable[[SagaState], None] | None = None
                 if (senders := self.settings.reply_senders) is not None:
-                    await self._with_store_retry(
-                        lambda: senders.verify(self.store, reply, delivery.user_id)
-                    )
-                await self._with_store_retry(lambda: self.engine.on_reply(reply))
+                    # Checked against the saga the engine reads anyway (no read of its own).
+                    def check(state: SagaState) -> None:
+                        senders.check(state, reply.step, delivery.user_id)
+
+                await self._with_store_retry(lambda: self.engine.on_reply(reply, check=check))
 
         cap = self.settings.max_message_bytes
         await self._handle(delivery, apply)

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
+from orchestrator.definitions.durations import DurationError, parse_duration
 from orchestrator.errors import SagaError
 from orchestrator.senders import REPLY_USERS_VARIABLE, ReplySenders
 from orchestrator.stores.engine import DEFAULT_POOL_SIZE
@@ -40,6 +42,8 @@ class Settings:
     """Fault tests only: ``SAGA_CRASH_AT`` (see :mod:`orchestrator.crashpoints`)."""
     reply_senders: ReplySenders | None = None
     """``SAGA_REPLY_USERS``: the broker user each participant must answer as; None: anyone."""
+    dedupe_retention: timedelta = timedelta(hours=24)
+    """``SAGA_DEDUPE_RETENTION``: how long handled message ids and sent outbox rows are kept."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
@@ -59,6 +63,7 @@ class Settings:
             ),
             crash_at=environ.get("SAGA_CRASH_AT") or None,
             reply_senders=ReplySenders.parse(environ.get(REPLY_USERS_VARIABLE, "")),
+            dedupe_retention=duration(environ, "SAGA_DEDUPE_RETENTION", cls.dedupe_retention),
         )
 
 
@@ -74,4 +79,19 @@ def positive_int(environ: Mapping[str, str], name: str, default: int) -> int:
         raise SettingsError(f"{name} must be a whole number, not {raw!r}") from None
     if value <= 0:
         raise SettingsError(f"{name} must be positive, not {value}")
+    return value
+
+
+def duration(environ: Mapping[str, str], name: str, default: timedelta) -> timedelta:
+    """The positive duration in variable ``name`` (``90s``, ``30m``, ``24h``; ``default``
+    when unset or empty); :class:`SettingsError` naming the variable otherwise."""
+    raw = environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = parse_duration(raw)
+    except DurationError as exc:
+        raise SettingsError(f"{name}: {exc}") from None
+    if value <= timedelta(0):
+        raise SettingsError(f"{name} must be longer than zero, not {raw!r}")
     return value

@@ -77,6 +77,52 @@ class OutboxMessage:
 
 
 @dataclass(frozen=True)
+class Snapshot:
+    """A saga as read for one incoming message, before deciding (no lock is held)."""
+
+    record: SagaRecord | None
+    """None when no saga has the id."""
+    last_seq: int
+    """The saga's last history seq, in the same snapshot as the record."""
+    processed: bool
+    """The message was already handled (its effects are in the record). False may also
+    mean "not known" when the store answered from memory: :meth:`Store.apply` then refuses
+    a handled message with :class:`StaleVersion`, and the next snapshot reads it."""
+
+
+@dataclass(frozen=True)
+class Transition:
+    """Everything one handled message changes, written at once or not at all.
+
+    The write succeeds only if the saga is still at ``before.version`` and the message
+    was not handled meanwhile; otherwise :class:`StaleVersion` (read and decide again).
+    """
+
+    before: SagaRecord
+    after: SagaState
+    history: Sequence[Record]
+    outbox: Sequence[OutboxMessage]
+    now: datetime
+    last_seq: int | None = None
+    """The saga's last history seq at ``before``; None when the store must look it up."""
+    inbox: tuple[str, str] | None = None
+    """(consumer, message id) to record as handled, when a message caused this."""
+
+
+@dataclass(frozen=True)
+class NewSaga:
+    """A saga to create with its first history events and commands (see :meth:`Store.create`)."""
+
+    state: SagaState
+    idempotency_key: str
+    trace_context: dict[str, str] | None
+    history: Sequence[Record]
+    outbox: Sequence[OutboxMessage]
+    inbox: tuple[str, str]
+    now: datetime
+
+
+@dataclass(frozen=True)
 class DueTimer:
     """A step deadline that has passed, as claimed by the timer loop."""
 
@@ -146,6 +192,10 @@ class UnitOfWork(Protocol):
         """Add messages to the outbox; returns their row ids in order."""
         ...
 
+    async def apply(self, transition: Transition) -> list[int] | None:
+        """Write a transition in this transaction (see :meth:`Store.apply`)."""
+        ...
+
     async def claim_due(self, now: datetime, limit: int) -> list[DueTimer]:
         """Deadlines at or before ``now``, locked so no other orchestrator claims them
         (``FOR UPDATE SKIP LOCKED`` on PostgreSQL)."""
@@ -154,6 +204,21 @@ class UnitOfWork(Protocol):
 
 class Store(Protocol):
     """Durable saga state, history, outbox and dedupe records."""
+
+    async def snapshot(self, saga_id: str, *, inbox: tuple[str, str]) -> Snapshot:
+        """The saga and whether ``inbox`` (consumer, message id) was handled, in one read."""
+        ...
+
+    async def apply(self, transition: Transition) -> list[int] | None:
+        """Write a transition; the outbox row ids in order, or None if its message was
+        handled already. :class:`StaleVersion` if the saga moved since it was read."""
+        ...
+
+    async def create(self, saga: NewSaga) -> list[int] | None:
+        """Create a keyed saga in one step when nothing stands in the way: the outbox row
+        ids in order, or None (the id or key is taken, or the message was handled, or the
+        store has no single-step path): then :meth:`transaction` decides what holds."""
+        ...
 
     def transaction(self) -> AbstractAsyncContextManager[UnitOfWork]:
         """Open one transaction (see :class:`UnitOfWork`)."""
@@ -183,8 +248,11 @@ class Store(Protocol):
         """Mark outbox rows as confirmed by the broker."""
         ...
 
-    async def prune(self, *, processed_before: datetime, sent_before: datetime) -> int:
-        """Delete old processed-message ids and sent outbox rows; returns rows deleted."""
+    async def prune(
+        self, *, processed_before: datetime, sent_before: datetime, limit: int = 0
+    ) -> int:
+        """Delete old processed-message ids and sent outbox rows (at most ``limit`` of each,
+        0 for all); returns rows deleted."""
         ...
 
     async def check_schema(self) -> None:

@@ -90,28 +90,36 @@ async def create_tables(engine: AsyncEngine) -> None:
         await conn.run_sync(metadata.create_all, checkfirst=True)
 
 
+# Built once: the values are bound per call, so the statements' compiled forms are cached.
+_INSERT_NEW = {
+    dialect: _insert(dialect).on_conflict_do_nothing(index_elements=["idempotency_key"])
+    for dialect in ("postgresql", "sqlite")
+}
+_FINISH = sa.update(inbox).where(inbox.c.idempotency_key == sa.bindparam("finished_key"))
+
+
+async def _insert_new(conn: AsyncConnection, **values: Any) -> bool:
+    """Insert a row unless the key has one; True if inserted."""
+    now = datetime.now(UTC)
+    statement = _INSERT_NEW[conn.dialect.name]
+    result = await conn.execute(statement, {**values, "created_at": now, "updated_at": now})
+    return bool(result.rowcount == 1)
+
+
 async def claim(
     conn: AsyncConnection, *, key: str, saga_id: str, step: str, kind: str
 ) -> sa.Row[Any] | None:
     """Insert ``key`` as running in this transaction; if it already has a final row, return it.
 
     Returns None when this transaction now owns the key and must run the handler."""
-    now = datetime.now(UTC)
-    statement = (
-        _insert(conn.dialect.name)
-        .values(
-            idempotency_key=key,
-            saga_id=saga_id,
-            step=step,
-            kind=kind,
-            status=InboxStatus.RUNNING,
-            created_at=now,
-            updated_at=now,
-        )
-        .on_conflict_do_nothing(index_elements=["idempotency_key"])
-    )
-    result = await conn.execute(statement)
-    if result.rowcount == 1:
+    if await _insert_new(
+        conn,
+        idempotency_key=key,
+        saga_id=saga_id,
+        step=step,
+        kind=kind,
+        status=InboxStatus.RUNNING,
+    ):
         return None
     existing = await conn.execute(sa.select(inbox).where(inbox.c.idempotency_key == key))
     return existing.one()
@@ -122,21 +130,14 @@ async def cancel_action(conn: AsyncConnection, *, action_key: str, saga_id: str,
 
     If the action has no row yet, insert a ``cancelled`` one (a late action will be
     answered as cancelled). If the action is running right now, this waits for it."""
-    now = datetime.now(UTC)
-    statement = (
-        _insert(conn.dialect.name)
-        .values(
-            idempotency_key=action_key,
-            saga_id=saga_id,
-            step=step,
-            kind="action",
-            status=InboxStatus.CANCELLED,
-            created_at=now,
-            updated_at=now,
-        )
-        .on_conflict_do_nothing(index_elements=["idempotency_key"])
+    await _insert_new(
+        conn,
+        idempotency_key=action_key,
+        saga_id=saga_id,
+        step=step,
+        kind="action",
+        status=InboxStatus.CANCELLED,
     )
-    await conn.execute(statement)
 
 
 async def finish(
@@ -150,15 +151,15 @@ async def finish(
 ) -> None:
     """Store the final outcome of the key claimed in this transaction."""
     await conn.execute(
-        sa.update(inbox)
-        .where(inbox.c.idempotency_key == key)
-        .values(
-            status=status,
-            result=result,
-            error_code=error_code,
-            error_message=error_message,
-            updated_at=datetime.now(UTC),
-        )
+        _FINISH,
+        {
+            "finished_key": key,
+            "status": status,
+            "result": result,
+            "error_code": error_code,
+            "error_message": error_message,
+            "updated_at": datetime.now(UTC),
+        },
     )
 
 
@@ -193,13 +194,16 @@ async def cleared(engine: AsyncEngine, message_id: str) -> None:
         await conn.execute(sa.delete(suspects).where(suspects.c.message_id == message_id))
 
 
-async def prune(engine: AsyncEngine, *, before: datetime) -> int:
-    """Delete finished rows (and suspects) last touched before ``before``; how many."""
+async def prune(engine: AsyncEngine, *, before: datetime, limit: int = 0) -> int:
+    """Delete finished rows (and suspects) last touched before ``before``, at most ``limit``
+    of each (0: all); how many."""
+    finished = sa.select(inbox.c.idempotency_key).where(
+        inbox.c.updated_at < before, inbox.c.status != InboxStatus.RUNNING
+    )
+    stale = sa.select(suspects.c.message_id).where(suspects.c.updated_at < before)
+    if limit > 0:
+        finished, stale = finished.limit(limit), stale.limit(limit)
     async with engine.begin() as conn:
-        result = await conn.execute(
-            sa.delete(inbox).where(
-                inbox.c.updated_at < before, inbox.c.status != InboxStatus.RUNNING
-            )
-        )
-        stale = await conn.execute(sa.delete(suspects).where(suspects.c.updated_at < before))
-        return int(result.rowcount) + int(stale.rowcount)
+        result = await conn.execute(sa.delete(inbox).where(inbox.c.idempotency_key.in_(finished)))
+        gone = await conn.execute(sa.delete(suspects).where(suspects.c.message_id.in_(stale)))
+        return int(result.rowcount) + int(gone.rowcount)

@@ -20,6 +20,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -31,7 +32,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from contracts import EncodeError, MessageRejected, StepCommand, StepReply, decode, encode
 from orchestrator import crashpoints
 from orchestrator.logs import saga_log_context
-from orchestrator.settings import positive_int
+from orchestrator.pruning import PruneLoop
+from orchestrator.settings import duration, positive_int
 from orchestrator.store import StoreUnavailable
 from orchestrator.stores.engine import DEFAULT_POOL_SIZE
 from orchestrator.stores.errors import translate
@@ -70,11 +72,15 @@ class ParticipantSettings:
     amqp_url: str
     database_url: str
     prefetch: int = 20
+    """``SAGA_PREFETCH``: commands in hand at once (each may hold a database connection)."""
     db_pool_size: int = DEFAULT_POOL_SIZE
     """``SAGA_DB_POOL_SIZE``: connections to the participant's database (handlers beyond
     that many wait for one)."""
     grace_seconds: float = 30.0
     max_message_bytes: int = 256 * 1024
+    inbox_retention: timedelta = timedelta(hours=168)
+    """``SAGA_INBOX_RETENTION``: how long a key's stored outcome is kept (and answers
+    redeliveries and retries of it); a week by default."""
     crash_at: str | None = None
     """Fault tests only: ``SAGA_CRASH_AT`` (see :mod:`orchestrator.crashpoints`)."""
 
@@ -95,6 +101,8 @@ class ParticipantSettings:
                 environ, "SAGA_MAX_MESSAGE_BYTES", cls.max_message_bytes
             ),
             db_pool_size=positive_int(environ, "SAGA_DB_POOL_SIZE", cls.db_pool_size),
+            prefetch=positive_int(environ, "SAGA_PREFETCH", cls.prefetch),
+            inbox_retention=duration(environ, "SAGA_INBOX_RETENTION", cls.inbox_retention),
             crash_at=environ.get("SAGA_CRASH_AT") or None,
         )
 
@@ -142,6 +150,13 @@ class ParticipantService:
         self._idle.set()
         self._lane = _Lane()
         self._cautious = True
+        self.pruner = PruneLoop(
+            self._prune_inbox,
+            retention=settings.inbox_retention,
+            clock=lambda: datetime.now(UTC),
+            what="inbox rows",
+        )
+        self._pruning: asyncio.Task[None] | None = None
         self.handler_runs = 0
         """Handlers actually run (answers from the inbox do not count)."""
         self.inbox_answers = 0
@@ -155,11 +170,18 @@ class ParticipantService:
         self._subscription = await self.transport.consume(
             participant_queue(self.participant.name), self.handle, prefetch=1
         )
+        self._pruning = asyncio.create_task(self.pruner.run(), name="inbox-pruner")
         log.info(
             "participant %s running: commands %s",
             self.participant.name,
             ", ".join(self.participant.commands) or "(none)",
         )
+
+    async def _prune_inbox(self, cutoff: datetime, limit: int) -> int:
+        try:
+            return await inbox.prune(self.engine, before=cutoff, limit=limit)
+        except sa_exc.SQLAlchemyError as exc:
+            raise translate(exc, "the participant database") from exc
 
     async def _create_tables(self) -> None:
         """The inbox table and the participant's own tables, if missing.
@@ -190,6 +212,10 @@ class ParticipantService:
             await asyncio.wait_for(self._idle.wait(), self.settings.grace_seconds)
         except TimeoutError:
             log.warning("handlers still running after the grace period; they will be redelivered")
+        self.pruner.stop()
+        if self._pruning is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._pruning
         await self.transport.close()
         await self.engine.dispose()
         # Flushing waits for the exporter (bounded by its timeout): off the event loop.

@@ -11,9 +11,10 @@ database by its URL with the password masked.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from contextlib import asynccontextmanager, suppress
 from datetime import datetime
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 import sqlalchemy.exc as sa_exc
@@ -23,18 +24,26 @@ from orchestrator import migrations
 from orchestrator.core.state import SagaStatus
 from orchestrator.store import (
     HistoryEntry,
+    NewSaga,
     OutboxMessage,
     SagaRecord,
     SagaSummary,
     SchemaNotReady,
+    Snapshot,
+    StaleVersion,
+    Transition,
 )
-from orchestrator.stores import mapping
+from orchestrator.stores import mapping, postgres
 from orchestrator.stores.engine import BEGIN_OPTION, create_engine, mask_url
-from orchestrator.stores.errors import translate
+from orchestrator.stores.errors import is_unique_violation, translate
+from orchestrator.stores.recent import RecentSagas
 from orchestrator.stores.tables import history, instances, outbox, processed_messages
 from orchestrator.stores.unit_of_work import DefinitionCache, SqlUnitOfWork
 
 __all__ = ["SqlStore"]
+
+_T = TypeVar("_T")
+_SNAPSHOT = postgres.snapshot_statement()
 
 _ID_CHUNK = 500
 """Ids per ``IN (...)`` list: far below every driver's bound-parameter limit."""
@@ -50,6 +59,7 @@ class SqlStore:
         self._where = mask_url(engine.url)
         self._sqlite = engine.dialect.name == "sqlite"
         self._definitions = DefinitionCache()
+        self._recent = RecentSagas()
 
     @classmethod
     async def connect(cls, url: str, *, pool_size: int | None = None) -> SqlStore:
@@ -117,6 +127,41 @@ class SqlStore:
                 await connection.close()
 
     @asynccontextmanager
+    async def _autocommit(self) -> AsyncIterator[AsyncConnection]:
+        """A connection whose every statement commits on its own (no BEGIN, no COMMIT):
+        for the single-statement paths on PostgreSQL."""
+        try:
+            connection = await self._engine.connect()
+        except (sa_exc.SQLAlchemyError, OSError) as exc:
+            raise translate(exc, self._where) from exc
+        try:
+            await connection.execution_options(isolation_level="AUTOCOMMIT")
+            yield connection
+        finally:
+            with suppress(sa_exc.SQLAlchemyError, OSError):
+                await connection.close()
+
+    async def _guarded(self, work: Awaitable[_T]) -> _T:
+        """Await a single-statement write; a duplicate key (a history seq, an inbox row
+        written meanwhile) means someone else moved first: :class:`StaleVersion`."""
+        try:
+            return await work
+        except sa_exc.IntegrityError as exc:
+            if is_unique_violation(exc):
+                raise StaleVersion(f"a concurrent write got there first ({exc.orig})") from exc
+            raise translate(exc, self._where) from exc
+        except (sa_exc.SQLAlchemyError, OSError) as exc:
+            raise translate(exc, self._where) from exc
+
+    async def _rows(
+        self, connection: AsyncConnection, statement: sa.Executable, params: dict[str, Any]
+    ) -> list[sa.RowMapping]:
+        try:
+            return list((await connection.execute(statement, params)).mappings())
+        except (sa_exc.SQLAlchemyError, OSError) as exc:
+            raise translate(exc, self._where) from exc
+
+    @asynccontextmanager
     async def transaction(self) -> AsyncIterator[SqlUnitOfWork]:
         """One write transaction (see :class:`~orchestrator.store.UnitOfWork`): it commits
         when the block ends normally and rolls back when the block raises.
@@ -130,6 +175,71 @@ class SqlStore:
                 yield unit
             finally:
                 unit.close()
+                for saga_id in unit.touched():  # moved here: what this process remembers is old
+                    self._recent.forget(saga_id)
+
+    async def snapshot(self, saga_id: str, *, inbox: tuple[str, str]) -> Snapshot:
+        """The saga and whether ``inbox`` (consumer, message id) was handled, in one read;
+        from memory when this process wrote the saga last (see
+        :class:`~orchestrator.stores.recent.RecentSagas`)."""
+        remembered = self._recent.get(saga_id)
+        if remembered is not None:
+            return remembered
+        consumer, message_id = inbox
+        if not self._sqlite:
+            params = {"saga_id": saga_id, "consumer": consumer, "message_id": message_id}
+            async with self._autocommit() as connection:
+                rows = await self._rows(connection, _SNAPSHOT, params)
+            if not rows:
+                return postgres.snapshot_from_rows(rows, None)
+            record = self._definitions.record(saga_id, rows[0], postgres.step_rows(rows))
+            return postgres.snapshot_from_rows(rows, record)
+        async with self._connection(write=False) as connection:
+            unit = SqlUnitOfWork(connection, where=self._where, definitions=self._definitions)
+            loaded = await unit.load(saga_id, lock=False)
+            processed = await unit.is_processed(consumer, message_id)
+            return Snapshot(loaded, unit.last_seq(saga_id) or 0, processed)
+
+    async def apply(self, transition: Transition) -> list[int] | None:
+        """Write a transition (see :class:`~orchestrator.store.Transition`); on PostgreSQL in
+        one statement (:mod:`orchestrator.stores.postgres`), else in a transaction."""
+        saga_id = transition.after.saga_id
+        try:
+            if self._sqlite or not postgres.can_apply(transition):
+                async with self.transaction() as unit:
+                    ids = await unit.apply(transition)
+                handled = ids is None
+            else:
+                async with self._autocommit() as connection:
+                    ids = await self._guarded(postgres.apply(connection, transition))
+                handled = False
+        except BaseException:
+            self._recent.forget(saga_id)  # it may even have committed: read it again
+            raise
+        if ids is None:
+            self._recent.forget(saga_id)
+            if handled:
+                return None
+            raise StaleVersion(
+                f"saga {saga_id} moved past version {transition.before.version},"
+                " or its message was handled meanwhile"
+            )
+        self._recent.applied(transition)
+        return ids
+
+    async def create(self, saga: NewSaga) -> list[int] | None:
+        """Create a keyed saga in one statement (PostgreSQL); None when its id or key is
+        taken, its message was handled, or the database is SQLite."""
+        if self._sqlite:
+            return None
+        async with self._autocommit() as connection:
+            try:
+                ids = await self._guarded(postgres.create(connection, saga))
+            except StaleVersion:
+                return None  # the inbox row raced in: the general path says it was handled
+        if ids is not None:
+            self._recent.created(saga)
+        return ids
 
     async def get(self, saga_id: str) -> SagaRecord | None:
         """One saga, without locking."""
@@ -182,7 +292,9 @@ class SqlStore:
         """Mark outbox rows as confirmed by the broker (rows already marked keep their time)."""
         if not ids:
             return
-        async with self._connection(write=True) as connection:
+        # Each chunk stands alone: on PostgreSQL one statement each, without BEGIN/COMMIT.
+        opened = self._connection(write=True) if self._sqlite else self._autocommit()
+        async with opened as connection:
             for start in range(0, len(ids), _ID_CHUNK):
                 chunk = list(ids[start : start + _ID_CHUNK])
                 statement = (
@@ -192,22 +304,27 @@ class SqlStore:
                 )
                 await self._run(connection, statement)
 
-    async def prune(self, *, processed_before: datetime, sent_before: datetime) -> int:
+    async def prune(
+        self, *, processed_before: datetime, sent_before: datetime, limit: int = 0
+    ) -> int:
         """Delete processed-message ids older than ``processed_before`` and outbox rows sent
-        before ``sent_before``; unsent rows are never deleted. Returns the rows deleted."""
+        before ``sent_before``; unsent rows are never deleted. At most ``limit`` rows of each
+        (0: all), so that a large backlog goes in short transactions. Returns the rows
+        deleted."""
+        old_ids = sa.select(processed_messages.c.consumer, processed_messages.c.message_id).where(
+            processed_messages.c.processed_at < processed_before
+        )
+        old_rows = sa.select(outbox.c.id).where(
+            outbox.c.sent_at.is_not(None), outbox.c.sent_at < sent_before
+        )
+        if limit > 0:
+            old_ids, old_rows = old_ids.limit(limit), old_rows.limit(limit)
+        key = sa.tuple_(processed_messages.c.consumer, processed_messages.c.message_id)
         async with self._connection(write=True) as connection:
             processed = await self._run(
-                connection,
-                sa.delete(processed_messages).where(
-                    processed_messages.c.processed_at < processed_before
-                ),
+                connection, sa.delete(processed_messages).where(key.in_(old_ids))
             )
-            sent = await self._run(
-                connection,
-                sa.delete(outbox).where(
-                    outbox.c.sent_at.is_not(None), outbox.c.sent_at < sent_before
-                ),
-            )
+            sent = await self._run(connection, sa.delete(outbox).where(outbox.c.id.in_(old_rows)))
         return processed + sent
 
     async def check_schema(self) -> None:

@@ -38,6 +38,7 @@ from orchestrator.store import (
     SagaRecord,
     StaleVersion,
     StoreError,
+    Transition,
 )
 from orchestrator.stores import mapping
 from orchestrator.stores.errors import InvalidValue, is_unique_violation, translate
@@ -115,6 +116,19 @@ class DefinitionCache:
             self._entries.popitem(last=False)
         return definition
 
+    def record(
+        self, saga_id: str, instance: mapping.Row, step_rows: Sequence[mapping.Row]
+    ) -> SagaRecord:
+        """The saga stored in these rows; :class:`StoreError` if its definition is invalid."""
+        try:
+            definition = self.get(instance["definition"])
+        except ValidationError as exc:
+            raise StoreError(
+                f"the definition stored with saga {saga_id} is not valid:"
+                f" {exc.error_count()} errors, the first: {exc.errors()[0]['msg']}"
+            ) from None
+        return mapping.saga_record(instance, step_rows, definition=definition)
+
 
 @dataclass(frozen=True)
 class _Loaded:
@@ -140,6 +154,10 @@ class SqlUnitOfWork:
     def close(self) -> None:
         """Refuse further use (the transaction has ended)."""
         self._open = False
+
+    def touched(self) -> list[str]:
+        """The sagas this unit of work read or wrote."""
+        return list(self._loaded)
 
     async def _execute(
         self,
@@ -180,6 +198,19 @@ class SqlUnitOfWork:
         result = await self._execute(statement)
         return result.rowcount == 1
 
+    async def is_processed(self, consumer: str, message_id: str) -> bool:
+        """Whether ``consumer`` handled ``message_id`` (as committed so far)."""
+        statement = sa.select(sa.literal(1)).where(
+            processed_messages.c.consumer == consumer,
+            processed_messages.c.message_id == message_id,
+        )
+        return (await self._execute(statement)).first() is not None
+
+    def last_seq(self, saga_id: str) -> int | None:
+        """The saga's last history seq as this transaction knows it for sure, if it does."""
+        loaded = self._loaded.get(saga_id)
+        return None if loaded is None else loaded.last_seq
+
     async def find_by_key(self, name: str, idempotency_key: str) -> str | None:
         """The id of the saga started under this (name, key), if any."""
         statement = sa.select(instances.c.id).where(
@@ -199,14 +230,7 @@ class SqlUnitOfWork:
         if row is None:
             return None
         step_rows = list((await self._execute(_steps_and_last_seq(saga_id))).mappings())
-        try:
-            definition = self._definitions.get(row["definition"])
-        except ValidationError as exc:
-            raise StoreError(
-                f"the definition stored with saga {saga_id} is not valid:"
-                f" {exc.error_count()} errors, the first: {exc.errors()[0]['msg']}"
-            ) from None
-        record = mapping.saga_record(row, step_rows, definition=definition)
+        record = self._definitions.record(saga_id, row, step_rows)
         # Without the lock (PostgreSQL, lock=False) another transaction may append
         # meanwhile: append_history then asks for the last seq itself.
         locked = lock or not self._postgres
@@ -263,6 +287,11 @@ class SqlUnitOfWork:
         else:
             changed = mapping.changed_steps(loaded.state.steps, state.steps)
         version = expected_version + 1
+        if loaded is not None and _same(loaded.state, state):
+            # Nothing changed (an ignored message): only the version moves, so that a
+            # decision taken on the old version fails, and updated_at keeps its meaning.
+            await self._update_version(saga_id, expected_version)
+            return version
         values: dict[str, Any] = {
             "state": state.status,
             "output": state.output,
@@ -277,16 +306,7 @@ class SqlUnitOfWork:
             values["definition"] = state.definition.model_dump(mode="json")
             values["name"] = state.definition.name
             values["version"] = state.definition.version
-        statement = (
-            sa.update(instances)
-            .where(instances.c.id == saga_id, instances.c.lock_version == expected_version)
-            .values(values)
-        )
-        if (await self._execute(statement)).rowcount != 1:
-            raise StaleVersion(
-                f"saga {saga_id} is no longer at version {expected_version}: another"
-                " transaction changed it first"
-            )
+        await self._update_version(saga_id, expected_version, values)
         if changed:
             params = []
             for index, step in changed:
@@ -299,6 +319,20 @@ class SqlUnitOfWork:
             state=state, version=version, last_seq=loaded.last_seq if loaded else None
         )
         return version
+
+    async def _update_version(
+        self, saga_id: str, expected_version: int, values: dict[str, Any] | None = None
+    ) -> None:
+        statement = (
+            sa.update(instances)
+            .where(instances.c.id == saga_id, instances.c.lock_version == expected_version)
+            .values(values or {"lock_version": expected_version + 1})
+        )
+        if (await self._execute(statement)).rowcount != 1:
+            raise StaleVersion(
+                f"saga {saga_id} is no longer at version {expected_version}: another"
+                " transaction changed it first"
+            )
 
     async def append_history(self, saga_id: str, records: Sequence[Record], now: datetime) -> None:
         """Append history events, numbered after the saga's last one."""
@@ -348,6 +382,23 @@ class SqlUnitOfWork:
             ),
         )
         return [int(row[0]) for row in result]
+
+    async def apply(self, transition: Transition) -> list[int] | None:
+        """Write a transition: the inbox row, the saga at its next version (always, so that a
+        decision taken on a stale read fails), its history and its outbox rows; None if the
+        message was handled already. :class:`StaleVersion` if the saga moved meanwhile."""
+        before = transition.before
+        saga_id = before.state.saga_id
+        if transition.inbox is not None:
+            consumer, message_id = transition.inbox
+            if not await self.mark_processed(consumer, message_id, transition.now):
+                return None
+        loaded = self._loaded.get(saga_id)
+        if loaded is None or loaded.version != before.version:
+            self._loaded[saga_id] = _Loaded(before.state, before.version, transition.last_seq)
+        await self.update(transition.after, expected_version=before.version, now=transition.now)
+        await self.append_history(saga_id, transition.history, transition.now)
+        return await self.enqueue(transition.outbox, transition.now)
 
     async def claim_due(self, now: datetime, limit: int) -> list[DueTimer]:
         """Deadlines at or before ``now``, oldest first, at most ``limit``.

@@ -177,3 +177,17 @@ async def test_prune_deletes_old_inbox_ids_and_sent_messages_only(
     # The sent message that is too recent to prune is still there.
     far = T0 + timedelta(days=30)
     assert await migrated_store.prune(processed_before=T0, sent_before=far) == 1
+
+
+async def test_prune_in_batches_leaves_the_rest_for_the_next(migrated_store: SqlStore) -> None:
+    async with migrated_store.transaction() as uow:
+        for index in range(5):
+            await uow.mark_processed("orchestrator", f"m-{index}", T0 + timedelta(seconds=index))
+        ids = await uow.enqueue([message(i) for i in range(3)], T0)
+    await migrated_store.mark_sent(ids, T0)
+    cutoff = T0 + timedelta(days=1)
+
+    assert await migrated_store.prune(processed_before=cutoff, sent_before=cutoff, limit=2) == 4
+    assert await migrated_store.prune(processed_before=cutoff, sent_before=cutoff, limit=2) == 3
+    assert await migrated_store.prune(processed_before=cutoff, sent_before=cutoff, limit=2) == 1
+    assert await migrated_store.prune(processed_before=cutoff, sent_before=cutoff, limit=2) == 0

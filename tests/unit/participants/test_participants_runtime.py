@@ -11,7 +11,7 @@ import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -772,3 +772,22 @@ async def test_an_exception_whose_text_is_not_valid_text_still_gets_a_reply(shop
     code, message, retryable = _failure(shop.replies()[0])
     assert (code, retryable) == ("handler_error", True)
     assert message.startswith("FileNotFoundError: no such file: /data/")
+
+
+async def test_old_inbox_rows_are_pruned_and_recent_ones_kept(shop: Shop) -> None:
+    old, recent = _command(saga_id="saga-old"), _command(saga_id="saga-new")
+    await shop.deliver(old)
+    await shop.deliver(recent)
+    table = inbox_module.inbox
+    async with shop.service.engine.begin() as conn:
+        await conn.execute(
+            sa.update(table)
+            .where(table.c.idempotency_key == old.idempotency_key)
+            .values(updated_at=datetime.now(UTC) - timedelta(days=8))
+        )
+
+    assert await shop.service.pruner.prune_once() == 1
+
+    assert set(await shop.stored()) == {recent.idempotency_key}
+    await shop.deliver(recent)  # still answered from the inbox
+    assert shop.service.inbox_answers == 1

@@ -39,6 +39,8 @@ async def test_the_default_size_and_an_in_memory_sqlite_database_without_a_pool(
 def test_both_services_read_the_pool_size_and_refuse_a_bad_one() -> None:
     assert Settings.from_env({"SAGA_DB_POOL_SIZE": "4"}).db_pool_size == 4
     assert ParticipantSettings.from_env("p", {"SAGA_DB_POOL_SIZE": "6"}).db_pool_size == 6
+    assert ParticipantSettings.from_env("p", {"SAGA_PREFETCH": "50"}).prefetch == 50
+    assert ParticipantSettings.from_env("p", {}).prefetch == 20
     assert ParticipantSettings.from_env("p", {}).db_pool_size == DEFAULT_POOL_SIZE
     for value in ("0", "ten"):
         with pytest.raises(SettingsError, match="SAGA_DB_POOL_SIZE must be"):
