@@ -31,10 +31,15 @@ from bench.ours import Ours
 from bench.runner import RunFailed, RunResult, Workload, measure
 from bench.system import System
 
+SEEDED_SAGAS = 1_000_000
+"""Finished sagas in the table for ``ours-seeded`` (``--seeded``)."""
+
 SYSTEMS: dict[str, Callable[[], System]] = {
     "floor": Floor,
     "ours": Ours,
     "ours-sqlite": lambda: Ours(store="sqlite"),
+    "ours-2": lambda: Ours(orchestrators=2),
+    "ours-seeded": lambda: Ours(seeded=SEEDED_SAGAS),
 }
 
 
@@ -77,6 +82,12 @@ def _parser() -> argparse.ArgumentParser:
         default="success,compensation",
         help="success and/or compensation (default both, at the first concurrency)",
     )
+    parser.add_argument(
+        "--seeded",
+        type=int,
+        default=SEEDED_SAGAS,
+        help=f"finished sagas already in the table for ours-seeded (default {SEEDED_SAGAS:,})",
+    )
     parser.add_argument("--out", default="bench/results/latest.json", help="JSON results file")
     parser.add_argument("--amqp", default=services.Endpoints.amqp_base, help="broker base URL")
     parser.add_argument(
@@ -111,6 +122,9 @@ def plan(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Plan:
         parser.error(f"--variants: {', '.join(bad) or 'none given'}; use success, compensation")
     if args.sagas < 1 or args.runs < 1 or any(level < 1 for level in levels):
         parser.error("--sagas, --runs and --concurrency must be at least 1")
+    if args.seeded < 1:
+        parser.error("--seeded must be at least 1")
+    SYSTEMS["ours-seeded"] = lambda: Ours(seeded=args.seeded)
     workloads = [
         Workload(args.sagas, levels[0], fail=variant == "compensation") for variant in variants
     ]

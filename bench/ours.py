@@ -13,8 +13,9 @@ from pathlib import Path
 
 import asyncpg
 
-from bench import proc
+from bench import proc, seeded
 from bench.ours_app import SAGA_YAML
+from bench.services import Endpoints
 from bench.system import Processes, Services
 from contracts import StartRequest, encode
 from orchestrator.engine import new_id
@@ -35,11 +36,27 @@ class Ours:
 
     caveat = ""
 
-    def __init__(self, store: str = "postgresql", extra_env: Mapping[str, str] | None = None):
+    def __init__(
+        self,
+        store: str = "postgresql",
+        extra_env: Mapping[str, str] | None = None,
+        *,
+        orchestrators: int = 1,
+        seeded: int = 0,
+    ):
+        """``orchestrators`` processes share the work; ``seeded`` finished sagas are in the
+        database before the run (PostgreSQL only; see :mod:`bench.seeded`)."""
         self.store = store
-        self.name = f"saga orchestrator ({store})"
+        details = [store]
+        if orchestrators > 1:
+            details.append(f"{orchestrators} orchestrators")
+        if seeded:
+            details.append(f"{seeded:,} finished sagas in the table")
+        self.name = f"saga orchestrator ({', '.join(details)})"
         self._extra_env = dict(extra_env or {})
-        self._orchestrator: subprocess.Popen[bytes] | None = None
+        self._count = orchestrators
+        self._seeded = seeded
+        self._orchestrators: list[subprocess.Popen[bytes]] = []
         self._participant: subprocess.Popen[bytes] | None = None
         self._client: AmqpTransport | None = None
         self._sqlite: Path | None = None
@@ -64,6 +81,10 @@ class Ours:
             }
         )
         log = workdir / "ours.log"
+        if self._seeded:
+            endpoints = Endpoints(postgres_base=services.postgres_dsn.rsplit("/", 1)[0])
+            template = await seeded.ensure_template(endpoints, self._seeded, SAGA_YAML, workdir)
+            await seeded.copy_into(endpoints, template, services.database)
         await asyncio.to_thread(proc.run, ["-m", "orchestrator", "db", "upgrade"], env=env, log=log)
         self._participant = await proc.start(
             ["-m", "orchestrator", "participant", "run", "bench.ours_app:app"],
@@ -71,12 +92,14 @@ class Ours:
             log=log,
             ready="participant bench running",
         )
-        self._orchestrator = await proc.start(
-            ["-m", "orchestrator", "orchestrator", "run"],
-            env=env,
-            log=log,
-            ready="orchestrator running:",
-        )
+        for _ in range(self._count):
+            orchestrator = await proc.start(
+                ["-m", "orchestrator", "orchestrator", "run"],
+                env=env,
+                log=log,
+                ready="orchestrator running:",
+            )
+            self._orchestrators.append(orchestrator)
         self._client = AmqpTransport(services.amqp_url, name="bench-client")
         await self._client.connect()
 
@@ -117,8 +140,8 @@ class Ours:
 
     def processes(self) -> Processes:
         roles: dict[str, list[int]] = {}
-        if self._orchestrator is not None:
-            roles["orchestrator"] = [self._orchestrator.pid]
+        if self._orchestrators:
+            roles["orchestrator"] = [process.pid for process in self._orchestrators]
         if self._participant is not None:
             roles["participants"] = [self._participant.pid]
         return Processes(roles)
@@ -127,7 +150,7 @@ class Ours:
         if self._client is not None:
             await self._client.close()
             self._client = None
-        for process in (self._orchestrator, self._participant):
+        for process in (*self._orchestrators, self._participant):
             if process is not None:
                 await asyncio.to_thread(proc.stop, process)
-        self._orchestrator = self._participant = None
+        self._orchestrators, self._participant = [], None

@@ -59,11 +59,13 @@ async def drop_vhost(name: str) -> None:
     await asyncio.to_thread(_rabbitmqctl, "delete_vhost", name)
 
 
-async def fresh_database(endpoints: Endpoints, name: str) -> None:
+async def fresh_database(endpoints: Endpoints, name: str, template: str | None = None) -> None:
+    """Drop the database if it exists and create it empty (or as a copy of ``template``)."""
     connection = await asyncpg.connect(endpoints.admin_dsn)
+    copy = f' TEMPLATE "{template}"' if template else ""
     try:
         await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await connection.execute(f'CREATE DATABASE "{name}"')
+        await connection.execute(f'CREATE DATABASE "{name}"{copy}')
     finally:
         await connection.close()
 

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from bench import procstat
-from bench.__main__ import _parser, plan, summarise
+from bench.__main__ import SYSTEMS, _parser, plan, summarise
 from bench.floor import Floor
 from bench.runner import RunResult, _percentile
 
@@ -61,6 +61,7 @@ def test_percentile_of_a_known_list() -> None:
         (["--concurrency", "ten"], "--concurrency: 'ten' is not a list of whole numbers"),
         (["--variants", "sometimes"], "--variants: sometimes"),
         (["--sagas", "0"], "must be at least 1"),
+        (["--seeded", "0"], "--seeded must be at least 1"),
     ],
 )
 def test_bad_arguments_are_refused_naming_the_argument(
@@ -93,3 +94,15 @@ def test_cpu_seconds_grow_with_work_and_count_the_process_itself() -> None:
     assert os.getpid() in procstat.descendants([os.getpid()])
     assert procstat.peak_rss_mb(os.getpid()) > 1
     assert procstat.cpu_seconds(2**22 + 12345) == 0.0  # no such process
+
+
+def test_the_seeded_and_two_orchestrator_rows_say_what_they_are() -> None:
+    parser = _parser()
+    matrix = plan(
+        parser.parse_args(["--systems", "ours-2,ours-seeded", "--seeded", "5000"]), parser
+    )
+    names = [SYSTEMS[name]().name for name in matrix.systems]
+    assert names == [
+        "saga orchestrator (postgresql, 2 orchestrators)",
+        "saga orchestrator (postgresql, 5,000 finished sagas in the table)",
+    ]
