@@ -3,6 +3,7 @@ interpreted, and no driver exception escapes the store."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import replace
 from datetime import datetime
 
@@ -15,6 +16,7 @@ from orchestrator.core.effects import Record
 from orchestrator.core.state import ErrorInfo, HistoryType, StepStatus
 from orchestrator.store import OutboxMessage, StaleVersion, StoreUnavailable
 from orchestrator.stores import InvalidValue, SqlStore
+from orchestrator.stores.engine import DEFAULT_POOL_SIZE
 
 HOSTILE = "'; DROP TABLE saga_instances;--"
 BIG = "x\"'\\%_;" * 1500  # 10.5 KB of quotes, backslashes and LIKE wildcards
@@ -162,12 +164,23 @@ async def test_the_store_reconnects_after_postgresql_drops_its_connections(
     async with postgres_store.transaction() as uow:
         await uow.insert(state, idempotency_key=None, trace_context=None, now=T0)
     database = make_url(postgres_url).database
-    # As in a PostgreSQL restart, every pooled connection dies.
+    # As in a PostgreSQL restart, every pooled connection dies. A connection whose end the
+    # driver has not read yet (the backend may still be exiting) fails its first statement
+    # as StoreUnavailable, which callers retry; it is discarded, and the store serves again.
     await server.admin(
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :database",
         {"database": database},
     )
-    assert await postgres_store.get(state.saga_id) is not None
+    failures = 0
+    while True:
+        try:
+            record = await postgres_store.get(state.saga_id)
+            break
+        except StoreUnavailable:
+            failures += 1
+            assert failures <= DEFAULT_POOL_SIZE, "the store did not recover"
+            await asyncio.sleep(0.1)
+    assert record is not None
 
     # When the database is gone, the store says so in its own terms.
     await server.admin(f'DROP DATABASE "{database}" WITH (FORCE)')
