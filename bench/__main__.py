@@ -39,6 +39,7 @@ SYSTEMS: dict[str, Callable[[], System]] = {
     "ours": Ours,
     "ours-sqlite": lambda: Ours(store="sqlite"),
     "ours-2": lambda: Ours(orchestrators=2),
+    "ours-asyncio": lambda: Ours(extra_env={"SAGA_EVENT_LOOP": "asyncio"}),
     "ours-seeded": lambda: Ours(seeded=SEEDED_SAGAS),
 }
 

@@ -52,6 +52,8 @@ class Ours:
             details.append(f"{orchestrators} orchestrators")
         if seeded:
             details.append(f"{seeded:,} finished sagas in the table")
+        if loop := (extra_env or {}).get("SAGA_EVENT_LOOP"):
+            details.append(f"{loop} event loop")
         self.name = f"saga orchestrator ({', '.join(details)})"
         self._extra_env = dict(extra_env or {})
         self._count = orchestrators

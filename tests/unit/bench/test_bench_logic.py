@@ -7,8 +7,9 @@ import os
 import time
 
 import pytest
+from rich.console import Console
 
-from bench import procstat
+from bench import procstat, soak
 from bench.__main__ import SYSTEMS, _parser, plan, summarise
 from bench.floor import Floor
 from bench.runner import RunResult, _percentile
@@ -99,10 +100,24 @@ def test_cpu_seconds_grow_with_work_and_count_the_process_itself() -> None:
 def test_the_seeded_and_two_orchestrator_rows_say_what_they_are() -> None:
     parser = _parser()
     matrix = plan(
-        parser.parse_args(["--systems", "ours-2,ours-seeded", "--seeded", "5000"]), parser
+        parser.parse_args(["--systems", "ours-2,ours-seeded,ours-asyncio", "--seeded", "5000"]),
+        parser,
     )
     names = [SYSTEMS[name]().name for name in matrix.systems]
     assert names == [
         "saga orchestrator (postgresql, 2 orchestrators)",
         "saga orchestrator (postgresql, 5,000 finished sagas in the table)",
+        "saga orchestrator (postgresql, asyncio event loop)",
     ]
+
+
+def test_the_soak_table_shows_every_sampled_table_and_memory() -> None:
+    assert soak.current_rss_mb(os.getpid()) > 1
+    assert soak.current_rss_mb(2**22 + 12345) == 0.0
+    rows = {name: 1000 * (index + 1) for index, name in enumerate(soak.TABLES)}
+    point = {"sagas": 10_000, "sagas_per_second": 97.4, "rows": rows, "rss_mb": {"o": 80.2}}
+    console = Console(width=200, record=True)
+    console.print(soak.table([point]))
+    text = console.export_text()
+    for shown in ("10,000", "97", "80", "5,000", *soak.TABLES):
+        assert shown in text
