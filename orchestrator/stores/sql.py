@@ -20,7 +20,6 @@ import sqlalchemy as sa
 import sqlalchemy.exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from orchestrator import migrations
 from orchestrator.core.state import SagaStatus
 from orchestrator.store import (
     HistoryEntry,
@@ -330,6 +329,10 @@ class SqlStore:
     async def check_schema(self) -> None:
         """:class:`~orchestrator.store.SchemaNotReady` unless the database is at the newest
         migration."""
+        # Alembic is imported here, not at the top: importing it costs a process about half
+        # a second at start, and only this check and `saga db` need it.
+        from orchestrator import migrations
+
         head = await asyncio.to_thread(migrations.head)
         async with self._connection(write=False) as connection:
             try:
