@@ -106,6 +106,22 @@ def describe(span: ReceivedSpan) -> str:
     return " ".join(parts)
 
 
+def without_inbox_answers(tree: str) -> str:
+    """The tree without deliveries a participant answered from its inbox: copies of a
+    command that a crash made the successor publish again (the outbox cannot know whether
+    a publish it never marked sent reached the broker)."""
+    lines = tree.splitlines()
+    kept: list[str] = []
+    for index, line in enumerate(lines):
+        following = lines[index + 1] if index + 1 < len(lines) else ""
+        if line.strip().startswith("process ") and following.endswith("succeeded_from_inbox"):
+            continue
+        if line.endswith("succeeded_from_inbox"):
+            continue
+        kept.append(line)
+    return "\n".join(kept)
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -211,7 +227,7 @@ async def test_one_connected_trace_per_saga_across_processes_and_a_restart(
                 )
                 spans = receiver.spans_now()
                 print("\n" + "\n\n".join(span_tree(spans, t, describe) for t in traces))
-                assert span_tree(spans, killed, describe) == COMPLETED
+                assert without_inbox_answers(span_tree(spans, killed, describe)) == COMPLETED
                 assert span_tree(spans, completed, describe) == COMPLETED
                 assert span_tree(spans, compensated, describe) == COMPENSATED
                 assert span_tree(spans, retried, describe) == RETRIED
