@@ -65,9 +65,18 @@ def named(name: str) -> list[int]:
 
 def peak_rss_mb(pid: int) -> float:
     """The process's peak resident memory (VmHWM) in MiB; 0 when it is gone."""
+    return _status_mb(pid, "VmHWM")
+
+
+def rss_mb(pid: int) -> float:
+    """The process's resident memory now (VmRSS) in MiB; 0 when it is gone."""
+    return _status_mb(pid, "VmRSS")
+
+
+def _status_mb(pid: int, field: str) -> float:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass

@@ -27,7 +27,7 @@ import asyncpg
 from rich.console import Console
 from rich.table import Table
 
-from bench import services
+from bench import procstat, services
 from bench.ours import Ours
 from bench.runner import RunFailed, drive
 
@@ -41,21 +41,10 @@ TABLES = (
 """Tables sampled: the first two are the kept record, the rest must level off."""
 
 
-def current_rss_mb(pid: int) -> float:
-    """Resident memory now (VmRSS) in MiB; 0 when the process is gone."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
-
-
 async def sample(db: asyncpg.Connection, system: Ours) -> dict[str, Any]:
     rows = {table: int(await db.fetchval(f"SELECT count(*) FROM {table}")) for table in TABLES}
     rss = {
-        role: max(current_rss_mb(pid) for pid in pids)
+        role: max(procstat.rss_mb(pid) for pid in pids)
         for role, pids in system.processes().roles.items()
     }
     return {"rows": rows, "rss_mb": rss}

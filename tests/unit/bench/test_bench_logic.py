@@ -112,8 +112,8 @@ def test_the_seeded_and_two_orchestrator_rows_say_what_they_are() -> None:
 
 
 def test_the_soak_table_shows_every_sampled_table_and_memory() -> None:
-    assert soak.current_rss_mb(os.getpid()) > 1
-    assert soak.current_rss_mb(2**22 + 12345) == 0.0
+    assert procstat.rss_mb(os.getpid()) > 1
+    assert procstat.rss_mb(2**22 + 12345) == 0.0
     rows = {name: 1000 * (index + 1) for index, name in enumerate(soak.TABLES)}
     point = {"sagas": 10_000, "sagas_per_second": 97.4, "rows": rows, "rss_mb": {"o": 80.2}}
     console = Console(width=200, record=True)
