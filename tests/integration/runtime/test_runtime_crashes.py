@@ -110,6 +110,9 @@ def _participant_figures(participants: Mapping[str, CountingParticipant]) -> str
 SAGAS_UNDER_KILLS = 200
 
 
+# make test runs the same fault at CI size in tests/faults (R2); this longer run is for
+# make test-faults.
+@pytest.mark.faults
 @pytest.mark.timeout(150)
 async def test_orchestrator_killed_repeatedly_loses_and_duplicates_nothing(
     tmp_path: Path,
@@ -302,6 +305,9 @@ and its commit (the other handlers never wait inside their transaction)."""
 SLOW_SECONDS = 3.0
 
 
+# make test covers this death at CI size in tests/faults (R3 participant.before_commit
+# and R4); this run is for make test-faults.
+@pytest.mark.faults
 @pytest.mark.postgres
 @pytest.mark.timeout(150)
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
