@@ -235,9 +235,9 @@ async def test_create_writes_nothing_when_the_key_or_message_is_taken(
     assert not read.processed  # the general path records it, with its answer
 
 
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 async def test_sqlite_creates_through_the_general_path(migrated_store: SqlStore) -> None:
-    if migrated_store.dialect != "sqlite":
-        pytest.skip("PostgreSQL has the one-statement path")
+    assert migrated_store.dialect == "sqlite"
     assert await migrated_store.create(_new_saga("order-1", new_id())) is None
 
 
