@@ -9,6 +9,7 @@ instead of deadlocking when both try to upgrade a read lock; reads use a plain `
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -152,9 +153,25 @@ def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
     try:
         cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
         cursor.execute("PRAGMA foreign_keys = ON")
-        cursor.execute("PRAGMA journal_mode = WAL")
+        _switch_to_wal(cursor)
     finally:
         cursor.close()
+
+
+def _switch_to_wal(cursor: Any) -> None:
+    # Switching a new file to WAL takes an exclusive lock that SQLite does not wait for
+    # (the busy timeout does not apply): two processes opening one new file at the same
+    # moment (a participant's replicas starting together) get "database is locked".
+    # Wait as the busy timeout would.
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode = WAL")
+            return
+        except Exception as exc:  # sqlite3.OperationalError, through aiosqlite's adapter
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)  # in the driver's own thread, not on the event loop
 
 
 def _sqlite_begin(connection: Connection) -> None:
