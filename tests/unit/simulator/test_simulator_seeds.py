@@ -1,6 +1,6 @@
 """R18: the saga core under crashes and a faulty broker, one seed after another.
 
-``SAGA_SIM_SEEDS`` says how many seeds run (0 to n-1; 10,000 by default);
+``SAGA_SIM_SEEDS`` says how many seeds run (0 to n-1; 4,000 by default);
 ``SAGA_SIM_SEED=n`` runs seed n alone, and with ``SAGA_SIM_VERBOSE=1`` prints its event
 trace. A failing seed's message names the seed, each broken invariant and the command
 that replays it.
@@ -18,11 +18,11 @@ from .sim_faults import Stats
 from .sim_invariants import check, report
 from .sim_world import Simulation
 
-# 10,000 seeds take well under a minute on an idle 2-core machine; the margin is for a
+# 4,000 seeds take well under half a minute on an idle 2-core machine; the margin is for a
 # machine that is busy with other tests.
 pytestmark = pytest.mark.timeout(300)
 
-DEFAULT_SEEDS = 10_000
+DEFAULT_SEEDS = 4_000
 MAX_FAILING_SEEDS = 5
 """Stop after this many failing seeds: their reports are what matters, not the count."""
 
