@@ -5,6 +5,11 @@ so the hot path has no polling delay. A periodic sweep publishes whatever is lef
 (a crash between commit and confirm, a broker outage), oldest first. A row is marked
 sent only after the broker confirmed it, so a crash at any point means "publish
 again", never "lost"; receivers dedupe by message id and idempotency key.
+
+Rows being published are bounded (``max_publishing``): a consumer awaits :meth:`room`
+before it acks, so when the broker or the event loop falls behind, deliveries stay
+unacked (the prefetch stops the broker sending more) instead of piling up as publishes
+in memory.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ class OutboxRelay:
         sweep_grace: timedelta = timedelta(seconds=5),
         batch: int = 500,
         mark_gather: float = 0.02,
+        max_publishing: int = 1000,
         telemetry: SagaTelemetry | None = None,
     ) -> None:
         self._store = store
@@ -51,6 +57,11 @@ class OutboxRelay:
         """Seconds a marking waits for more confirms to join it (fewer, larger updates;
         no saga waits for it)."""
         self._telemetry = telemetry
+        self._max_publishing = max_publishing
+        self._publishing = 0
+        """Rows submitted and not yet confirmed and marked (or given up for the sweep)."""
+        self._room = asyncio.Event()
+        self._room.set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._in_flight: set[int] = set()
         """Rows this relay is publishing right now: a sweep must not publish them again."""
@@ -66,12 +77,24 @@ class OutboxRelay:
         if not messages:
             return
         self._in_flight.update(m.id for m in messages if m.id is not None)
+        self._publishing += len(messages)
+        if self._publishing >= self._max_publishing:
+            self._room.clear()
         task = asyncio.get_running_loop().create_task(self._publish_batch(list(messages)))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def _publish_batch(self, messages: list[OutboxMessage]) -> None:
-        await self.publish(messages)
+        try:
+            await self.publish(messages)
+        finally:
+            self._publishing -= len(messages)
+            if self._publishing < self._max_publishing:
+                self._room.set()
+
+    async def room(self) -> None:
+        """Wait until fewer than ``max_publishing`` submitted rows are still being published."""
+        await self._room.wait()
 
     async def publish(self, messages: Sequence[OutboxMessage]) -> int:
         """Publish rows concurrently; mark the confirmed ones sent. Returns how many were."""

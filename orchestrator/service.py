@@ -160,6 +160,9 @@ class OrchestratorService:
                 log.warning("dead-lettering a message from %s: %s", delivery.queue, exc)
                 await delivery.dead_letter(str(exc))
                 return
+            # Unacked, the delivery holds a prefetch slot: a backlog of publishes stops
+            # consumption here rather than growing in memory.
+            await self.relay.room()
             if delivery.queue == REPLY_QUEUE:
                 crashpoints.crash("orchestrator.after_commit_before_ack")
             await delivery.ack()

@@ -76,3 +76,32 @@ async def test_rows_the_database_refused_to_mark_count_as_not_sent() -> None:
     store.fail = False
     assert await relay.publish([_row(3)]) == 1
     assert store.marked == [[3]]
+
+
+class HeldTransport:
+    """Every publish waits for ``release``."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+
+    async def publish(self, **_: Any) -> None:
+        await self.release.wait()
+
+
+async def test_room_waits_while_max_publishing_rows_are_unconfirmed() -> None:
+    store = GatedStore()
+    store.gate.set()
+    transport = HeldTransport()
+    relay = OutboxRelay(
+        cast(Store, store), cast(Transport, transport), lambda: datetime.now(UTC), max_publishing=3
+    )
+    relay.submit([_row(1), _row(2)])
+    await asyncio.wait_for(relay.room(), 1)  # two of three: still room
+    relay.submit([_row(3)])
+    waiting = asyncio.create_task(relay.room())
+    await asyncio.sleep(0.05)
+    assert not waiting.done(), "three rows in flight: a consumer must wait before it acks"
+    transport.release.set()
+    await asyncio.wait_for(waiting, 1)
+    await relay.flush()
+    assert sorted(i for batch in store.marked for i in batch) == [1, 2, 3]
