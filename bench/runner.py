@@ -108,48 +108,51 @@ async def measure(
     """Run ``workload`` on a freshly started ``system`` and return its figures."""
     with tempfile.TemporaryDirectory(prefix=f"bench-{label}-") as workdir:
         shared = await services.prepare(endpoints, label, workdir)
-        db = await asyncpg.connect(shared.postgres_dsn)
         try:
-            await db.execute("SELECT 1")
             await system.start(shared)
             try:
-                prefix = uuid.uuid4().hex[:8]
-                await drive(
-                    system,
-                    db,
-                    f"warm-{prefix}",
-                    workload.warmup,
-                    workload.concurrency,
-                    workload.fail,
-                    within=120,
-                )
-                messages_before = await asyncio.to_thread(services.broker_messages_received)
-                commits_before = await services.write_transactions(db)
-                roles = _roles(system)
-                meter = procstat.CpuMeter()
-                meter.start(roles)
-                began = time.time()
-                started, ended = await drive(
-                    system,
-                    db,
-                    prefix,
-                    workload.sagas,
-                    workload.concurrency,
-                    workload.fail,
-                    within=max(120.0, workload.sagas / 5),
-                )
-                cpu = meter.stop(_roles(system))
-                commits = await services.write_transactions(db) - commits_before - 1
-                messages = await asyncio.to_thread(services.broker_messages_received)
-                finished_at = max(ended.values())
-                rss = {
-                    role: max(procstat.peak_rss_mb(pid) for pid in pids)
-                    for role, pids in system.processes().roles.items()
-                }
+                # Connect once the system is up: the seeded row replaces the run's database
+                # while it starts.
+                db = await asyncpg.connect(shared.postgres_dsn)
+                try:
+                    prefix = uuid.uuid4().hex[:8]
+                    await drive(
+                        system,
+                        db,
+                        f"warm-{prefix}",
+                        workload.warmup,
+                        workload.concurrency,
+                        workload.fail,
+                        within=120,
+                    )
+                    messages_before = await asyncio.to_thread(services.broker_messages_received)
+                    commits_before = await services.write_transactions(db)
+                    roles = _roles(system)
+                    meter = procstat.CpuMeter()
+                    meter.start(roles)
+                    began = time.time()
+                    started, ended = await drive(
+                        system,
+                        db,
+                        prefix,
+                        workload.sagas,
+                        workload.concurrency,
+                        workload.fail,
+                        within=max(120.0, workload.sagas / 5),
+                    )
+                    cpu = meter.stop(_roles(system))
+                    commits = await services.write_transactions(db) - commits_before - 1
+                    messages = await asyncio.to_thread(services.broker_messages_received)
+                    finished_at = max(ended.values())
+                    rss = {
+                        role: max(procstat.peak_rss_mb(pid) for pid in pids)
+                        for role, pids in system.processes().roles.items()
+                    }
+                finally:
+                    await db.close()
             finally:
                 await system.stop()
         finally:
-            await db.close()
             await services.release(endpoints, shared)
     latencies = [(ended[key] - started[key]) * 1000 for key in ended]
     return RunResult(
