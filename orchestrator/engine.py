@@ -25,7 +25,7 @@ from contracts import (
 )
 from orchestrator import crashpoints
 from orchestrator.core.effects import Record, SendCommand
-from orchestrator.core.events import Event, ReplyFailed, ReplySucceeded, TimerFired
+from orchestrator.core.events import DeadlinePassed, Event, ReplyFailed, ReplySucceeded, TimerFired
 from orchestrator.core.machine import Decision, decide, start
 from orchestrator.core.state import Kind, SagaState
 from orchestrator.definitions.errors import UnknownDefinition
@@ -288,10 +288,19 @@ class Engine:
                 messages, observation = await self._save(uow, record, decision, now)
                 outbox.extend(messages)
                 observations.append(observation)
+            sagas = await uow.claim_due_sagas(now, limit - len(due))
+            for saga_id in sagas:
+                record = await uow.load(saga_id)
+                if record is None:
+                    continue
+                decision = decide(record.state, DeadlinePassed(), now)
+                messages, observation = await self._save(uow, record, decision, now)
+                outbox.extend(messages)
+                observations.append(observation)
         self._committed(outbox)
         for observation in observations:
             self.telemetry.observe(observation, now)
-        return len(due)
+        return len(due) + len(sagas)
 
     async def operate(self, saga_id: str, event: Event) -> Decision:
         """Apply an operator action; :class:`OperatorRefused` with the reason if not allowed."""

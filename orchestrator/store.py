@@ -201,6 +201,11 @@ class UnitOfWork(Protocol):
         (``FOR UPDATE SKIP LOCKED`` on PostgreSQL)."""
         ...
 
+    async def claim_due_sagas(self, now: datetime, limit: int) -> list[str]:
+        """Ids of running sagas whose own deadline is at or before ``now``, oldest first,
+        locked like :meth:`claim_due`."""
+        ...
+
 
 class Store(Protocol):
     """Durable saga state, history, outbox and dedupe records."""

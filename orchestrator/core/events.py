@@ -62,5 +62,18 @@ class OperatorResolve:
     reason: str | None = None
 
 
-Event = ReplySucceeded | ReplyFailed | TimerFired | OperatorRetry | OperatorAbort | OperatorResolve
+@dataclass(frozen=True)
+class DeadlinePassed:
+    """The saga's own deadline (``deadline:`` in its definition) has passed."""
+
+
+Event = (
+    ReplySucceeded
+    | ReplyFailed
+    | TimerFired
+    | OperatorRetry
+    | OperatorAbort
+    | OperatorResolve
+    | DeadlinePassed
+)
 """Every event a started saga can receive (a start is :func:`~orchestrator.core.machine.start`)."""

@@ -22,11 +22,13 @@ The rules are PRODUCT.md's "Semantics", in one place:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from orchestrator.core.effects import Effect, Record, SendCommand
 from orchestrator.core.events import (
+    DeadlinePassed,
     Event,
     OperatorAbort,
     OperatorResolve,
@@ -49,16 +51,21 @@ from orchestrator.core.state import (
     StepState,
     StepStatus,
 )
+from orchestrator.definitions.conditions import ConditionError
 from orchestrator.definitions.errors import MissingReference
-from orchestrator.definitions.model import SagaDefinition
+from orchestrator.definitions.model import TIMEOUT_CODE, OnFailure, SagaDefinition
 from orchestrator.definitions.references import ReferenceContext
 from orchestrator.definitions.rendering import (
     render_compensation_payload,
     render_output,
     render_step_payload,
+    step_runs,
 )
 
 __all__ = ["Decision", "decide", "start"]
+
+DEFINITION_ERRORS = ("bad_reference", "bad_condition")
+"""Failure codes of a step that was never sent: the definition or the input is at fault."""
 
 
 @dataclass(frozen=True)
@@ -76,7 +83,10 @@ class Decision:
 
 def start(saga_id: str, definition: SagaDefinition, input: JSON, now: datetime) -> Decision:
     """A new saga: record it and send its first step."""
-    run = _Run(SagaState.new(saga_id, definition, input), now)
+    state = SagaState.new(saga_id, definition, input)
+    if definition.deadline is not None:
+        state = replace(state, deadline=now + definition.deadline)
+    run = _Run(state, now)
     run.record(HistoryType.STARTED, detail={"name": definition.name, "version": definition.version})
     run.begin_step(0)
     return run.decision()
@@ -95,6 +105,8 @@ def decide(state: SagaState, event: Event, now: datetime) -> Decision:
         run.on_operator_retry(event)
     elif isinstance(event, OperatorAbort):
         run.on_operator_abort(event)
+    elif isinstance(event, DeadlinePassed):
+        run.on_deadline(event)
     else:
         run.on_operator_resolve(event)
     return run.decision()
@@ -113,6 +125,8 @@ class _Run:
     # -- plumbing ---------------------------------------------------------------
 
     def decision(self) -> Decision:
+        if self.state.status is not SagaStatus.RUNNING and self.state.deadline is not None:
+            self.state = replace(self.state, deadline=None)  # it only bounds a running saga
         changed = self.state != self.original
         return Decision(self.state, tuple(self.effects), changed, self.refusal)
 
@@ -147,22 +161,60 @@ class _Run:
     # -- actions ----------------------------------------------------------------
 
     def begin_step(self, index: int) -> None:
-        """Send the first attempt of the step at ``index`` (or complete after the last)."""
+        """Start the stage at ``index``: the step, or every step of its parallel group (or
+        complete after the last)."""
         if index >= len(self.state.steps):
             self.complete()
             return
+        for member in self.state.definition.stage(index):
+            if self.state.status is not SagaStatus.RUNNING:
+                return  # a member could not be sent: the rest of the group is not started
+            self.start_one(member)
+        self.advance(index)
+
+    def start_one(self, index: int) -> None:
+        """Send the first attempt of one step, or skip it when its ``when:`` is false."""
+        step = self.state.steps[index]
+        definition = self.state.definition
+        context = self.context()
         try:
-            payload = render_step_payload(self.state.definition, index, self.context())
-        except MissingReference as exc:
-            step = self.state.steps[index]
-            error = ErrorInfo("bad_reference", str(exc), step=step.name)
-            self.set_step(index, replace(step, status=StepStatus.FAILED, error=error))
-            self.record(HistoryType.STEP_FAILED, step.name, None, error.to_json())
-            self.fail_for_good(error)
+            if not step_runs(definition, index, context):
+                self.set_step(index, replace(step, status=StepStatus.SKIPPED))
+                self.record(
+                    HistoryType.STEP_SKIPPED,
+                    step.name,
+                    None,
+                    {"when": definition.steps[index].when},
+                )
+                return
+            payload = render_step_payload(definition, index, context)
+        except ConditionError as exc:
+            message = f"the condition {definition.steps[index].when!r} cannot be evaluated: {exc}"
+            self.refuse_step(index, ErrorInfo("bad_condition", message, step=step.name))
             return
-        step = replace(self.state.steps[index], status=StepStatus.RUNNING, attempts=0)
+        except MissingReference as exc:
+            self.refuse_step(index, ErrorInfo("bad_reference", str(exc), step=step.name))
+            return
+        step = replace(step, status=StepStatus.RUNNING, attempts=0)
         self.set_step(index, step)
         self.send_action(index, payload)
+
+    def advance(self, index: int) -> None:
+        """Start the next stage once every step of the stage at ``index`` succeeded or was
+        skipped (and the saga still runs)."""
+        if self.state.status is not SagaStatus.RUNNING:
+            return
+        stage = self.state.definition.stage(index)
+        done = (StepStatus.SUCCEEDED, StepStatus.SKIPPED)
+        if all(self.state.steps[i].status in done for i in stage):
+            self.begin_step(stage.stop)
+
+    def refuse_step(self, index: int, error: ErrorInfo) -> None:
+        """The step cannot be sent (its condition or payload finds nothing): it fails for good."""
+        step = self.state.steps[index]
+        self.set_step(index, replace(step, status=StepStatus.FAILED, error=error))
+        self.record(HistoryType.STEP_FAILED, step.name, None, error.to_json())
+        self.fail_for_good(error, index)
 
     def send_action(self, index: int, payload: dict[str, JSON] | None = None) -> None:
         """Send the next attempt of the step's action and arm its reply deadline."""
@@ -199,10 +251,90 @@ class _Run:
         self.state = replace(self.state, status=SagaStatus.COMPLETED, output=output)
         self.record(HistoryType.COMPLETED, detail=detail)
 
-    def fail_for_good(self, error: ErrorInfo) -> None:
-        """A step failed for good: compensate what took effect, newest first."""
-        self.state = replace(self.state, status=SagaStatus.COMPENSATING, error=error)
-        self.compensate_next()
+    def fail_for_good(self, error: ErrorInfo, index: int | None) -> None:
+        """A step failed for good: compensate what took effect, newest first; or, past the
+        pivot or where the step says ``on_failure: fail``, stop for an operator. A step of a
+        parallel group that ends after the saga stopped going forward changes nothing more
+        (if the saga is compensating, the compensation may now begin)."""
+        if self.state.status is SagaStatus.COMPENSATING:
+            self.compensate_next()
+            return
+        if self.state.status is not SagaStatus.RUNNING:
+            return
+        pivot = self.past_pivot()
+        if pivot is not None:
+            self.stop(error, f"the saga is past its pivot {pivot!r} and cannot compensate")
+            return
+        if index is not None and self.state.step_definition(index).on_failure is OnFailure.FAIL:
+            self.stop(error, f"step {error.step!r} has on_failure: fail")
+            return
+        self.compensate(error)
+
+    def stop(self, error: ErrorInfo, why: str) -> None:
+        """Stop going forward as ``failed`` for an operator; steps of a parallel group still
+        in flight are awaited (their replies are recorded)."""
+        self.cancel_waiting_retries()
+        self.fail_saga(error, why)
+
+    def cancel_waiting_retries(self) -> None:
+        """Steps of a parallel group waiting out a backoff are not sent again once the saga
+        stops going forward; the outcome of their last attempt is unknown."""
+        for index, step in enumerate(self.state.steps):
+            deadline = step.deadline
+            if (
+                step.status is StepStatus.RUNNING
+                and deadline is not None
+                and deadline.kind is Kind.ACTION
+                and deadline.purpose is DeadlinePurpose.RETRY
+            ):
+                error = ErrorInfo(
+                    "cancelled",
+                    "not attempted again: the saga stopped going forward",
+                    step=step.name,
+                )
+                cancelled = replace(
+                    step,
+                    status=StepStatus.FAILED,
+                    error=error,
+                    effect_possible=True,
+                    deadline=None,
+                    finished=self.next_finished(),
+                )
+                self.set_step(index, cancelled)
+                self.record(HistoryType.STEP_FAILED, step.name, step.attempts, error.to_json())
+
+    def resume(self) -> None:
+        """Go on from the first stage that is not done (after an operator retry, or a late
+        success for the step the saga stopped on)."""
+        done = (StepStatus.SUCCEEDED, StepStatus.SKIPPED)
+        for index, step in enumerate(self.state.steps):
+            if step.status in done:
+                continue
+            for member in self.state.definition.stage(index):
+                if self.state.status is not SagaStatus.RUNNING:
+                    return
+                if self.state.steps[member].status is StepStatus.PENDING:
+                    self.start_one(member)
+            self.advance(index)
+            return
+        self.complete()
+
+    def next_finished(self) -> int:
+        """The place of the step finishing now in the order steps finished."""
+        return 1 + max((step.finished or 0 for step in self.state.steps), default=0)
+
+    def past_pivot(self) -> str | None:
+        """The name of the pivot step once it has succeeded (the point of no return)."""
+        pivot = self.state.definition.pivot
+        if pivot is None or self.state.steps[pivot].status is not StepStatus.SUCCEEDED:
+            return None
+        return self.state.steps[pivot].name
+
+    def failed_forward(self) -> bool:
+        """A ``failed`` saga that stopped on a step's failure, before any compensation."""
+        return self.state.status is SagaStatus.FAILED and all(
+            step.compensation is None for step in self.state.steps
+        )
 
     def needs_compensation(self, index: int) -> bool:
         step = self.state.steps[index]
@@ -213,11 +345,17 @@ class _Run:
         return step.status is StepStatus.FAILED and step.effect_possible
 
     def compensate_next(self) -> None:
-        """Start the next compensation, or finish as ``compensated`` when none is left."""
-        for index in reversed(range(len(self.state.steps))):
-            if self.needs_compensation(index):
-                self.begin_compensation(index)
-                return
+        """Start the next compensation, or finish as ``compensated`` when none is left; not
+        while a step of a parallel group is still in flight (it is awaited)."""
+        if any(step.status is StepStatus.RUNNING for step in self.state.steps):
+            return
+        # Newest first: by the order steps finished (index order for steps stored before
+        # that order was kept, and for steps that finished together).
+        waiting = [i for i in range(len(self.state.steps)) if self.needs_compensation(i)]
+        if waiting:
+            newest = max(waiting, key=lambda i: (self.state.steps[i].finished or 0, i))
+            self.begin_compensation(newest)
+            return
         self.state = replace(self.state, status=SagaStatus.COMPENSATED)
         self.record(HistoryType.COMPENSATED)
 
@@ -263,10 +401,14 @@ class _Run:
         )
         self.record(HistoryType.COMPENSATION_SENT, step.name, attempt)
 
-    def fail_saga(self, error: ErrorInfo) -> None:
-        """A compensation failed for good: the saga waits for an operator."""
+    def fail_saga(self, error: ErrorInfo, why: str | None = None) -> None:
+        """A compensation failed for good (or a step, where compensating is not the way):
+        the saga waits for an operator."""
         self.state = replace(self.state, status=SagaStatus.FAILED, error=error)
-        self.record(HistoryType.FAILED, error.step, None, error.to_json())
+        detail = error.to_json()
+        if why is not None:
+            detail["why"] = why
+        self.record(HistoryType.FAILED, error.step, None, detail)
 
     def retry_later(self, index: int, kind: Kind, failed_attempt: int) -> None:
         """Arm the backoff before the next attempt (or send it now if there is none)."""
@@ -302,17 +444,45 @@ class _Run:
             return
         if step.status is StepStatus.RUNNING and 1 <= reply.attempt <= step.attempts:
             done = replace(
-                step, status=StepStatus.SUCCEEDED, result=reply.result, error=None, deadline=None
+                step,
+                status=StepStatus.SUCCEEDED,
+                result=reply.result,
+                error=None,
+                deadline=None,
+                finished=self.next_finished(),
             )
             self.set_step(index, done)
             self.record(HistoryType.STEP_SUCCEEDED, step.name, reply.attempt)
             if self.state.status is SagaStatus.RUNNING:
-                self.begin_step(index + 1)
+                self.advance(index)
+            elif self.state.status is SagaStatus.COMPENSATING:
+                self.compensate_next()  # it was awaited: it may have been the last in flight
             return
         if step.status is StepStatus.FAILED and reply.attempt <= step.attempts:
-            self.on_late_success(index, step, reply)
+            if self.failed_forward():
+                self.resume_after_late_success(index, step, reply)
+            else:
+                self.on_late_success(index, step, reply)
             return
         self.ignore(reply, f"step '{step.name}' is {step.status.value}, not waiting for a reply")
+
+    def resume_after_late_success(self, index: int, step: StepState, reply: ReplySucceeded) -> None:
+        """The saga stopped on this step for an operator, and the step did succeed after
+        all: nothing is left to decide, so it goes on."""
+        done = replace(
+            step,
+            status=StepStatus.SUCCEEDED,
+            result=reply.result,
+            error=None,
+            deadline=None,
+            finished=self.next_finished(),
+        )
+        self.set_step(index, done)
+        self.record(HistoryType.STEP_SUCCEEDED, step.name, reply.attempt, {"late": True})
+        if any(s.status is StepStatus.FAILED for s in self.state.steps):
+            return  # another step of its group failed too: still the operator's call
+        self.state = replace(self.state, status=SagaStatus.RUNNING, error=None)
+        self.resume()
 
     def on_late_success(self, index: int, step: StepState, reply: ReplySucceeded) -> None:
         """The action took effect after the step failed for good: undo it too."""
@@ -388,8 +558,7 @@ class _Run:
             self.compensation_failed(index, step, error, reply.attempt)
 
     def action_failed(self, index: int, step: StepState, error: ErrorInfo, attempt: int) -> None:
-        max_attempts = self.state.step_definition(index).retry.max_attempts
-        will_retry = error.retryable and attempt < max_attempts
+        will_retry = error.retryable and self.may_retry(index, error.code, attempt)
         detail = {**error.to_json(), "retryable": error.retryable, "will_retry": will_retry}
         self.record(HistoryType.STEP_FAILED, step.name, attempt, detail)
         self.set_step(index, replace(step, error=error, deadline=None))
@@ -404,9 +573,19 @@ class _Run:
             self.state.steps[index],
             status=StepStatus.FAILED,
             effect_possible=self.state.steps[index].effect_possible or error.retryable,
+            finished=self.next_finished(),
         )
         self.set_step(index, failed)
-        self.fail_for_good(error)
+        self.fail_for_good(error, index)
+
+    def may_retry(self, index: int, code: str, attempt: int) -> bool:
+        """Whether attempt ``attempt`` failing with ``code`` (retryable) gets another one."""
+        if self.state.status is not SagaStatus.RUNNING:
+            return False  # an awaited step of a parallel group: its current attempt only
+        definition = self.state.step_definition(index)
+        if not definition.retry.retries(code):
+            return False
+        return definition.retries_forever() or attempt < definition.retry.max_attempts
 
     def compensation_failed(
         self, index: int, step: StepState, error: ErrorInfo, attempt: int
@@ -448,8 +627,7 @@ class _Run:
             error = ErrorInfo("timeout", timeout, retryable=True, step=step.name)
             self.compensation_failed(index, step, error, current)
             return
-        max_attempts = definition.retry.max_attempts
-        will_retry = current < max_attempts
+        will_retry = self.may_retry(index, TIMEOUT_CODE, current)
         self.record(HistoryType.STEP_TIMED_OUT, step.name, current, {"will_retry": will_retry})
         if will_retry:
             self.set_step(index, replace(step, deadline=None))
@@ -458,10 +636,15 @@ class _Run:
         message = f"{timeout} after {current} attempt{'s' if current > 1 else ''}"
         error = ErrorInfo("timeout", message, retryable=False, step=step.name)
         failed = replace(
-            step, status=StepStatus.FAILED, error=error, effect_possible=True, deadline=None
+            step,
+            status=StepStatus.FAILED,
+            error=error,
+            effect_possible=True,
+            deadline=None,
+            finished=self.next_finished(),
         )
         self.set_step(index, failed)
-        self.fail_for_good(error)
+        self.fail_for_good(error, index)
 
     def on_operator_retry(self, event: OperatorRetry) -> None:
         if self.state.status is not SagaStatus.FAILED:
@@ -486,35 +669,121 @@ class _Run:
                 self.state = replace(self.state, status=SagaStatus.COMPENSATING)
                 self.send_compensation(index)
                 return
-        self.refusal = f"saga {self.state.saga_id} has no failed compensation to retry"
+        if self.failed_forward():
+            self.retry_forward(event)
+            return
+        self.refusal = f"saga {self.state.saga_id} has no failed step or compensation to retry"
+
+    def retry_forward(self, event: OperatorRetry) -> None:
+        """A saga stopped going forward: its failed steps go again under fresh keys, and it
+        goes on from where it stopped."""
+        failed = [i for i, step in enumerate(self.state.steps) if step.status is StepStatus.FAILED]
+        for index in failed:
+            step = self.state.steps[index]
+            if step.error is not None and step.error.code in DEFINITION_ERRORS:
+                self.refusal = (
+                    f"step {step.name!r} of saga {self.state.saga_id} failed with "
+                    f"{step.error.code} ({step.error.message}); sending it again cannot "
+                    "help: fix the definition and migrate the saga, or resolve it"
+                )
+                return
+        if not failed:
+            self.record(HistoryType.OPERATOR_RETRY, None, None, _reason(event.reason, "saga"))
+        for index in failed:
+            step = self.state.steps[index]
+            self.record(
+                HistoryType.OPERATOR_RETRY, step.name, None, _reason(event.reason, "action")
+            )
+            again = replace(
+                step,
+                status=StepStatus.PENDING,
+                error=None,
+                deadline=None,
+                generation=step.generation + 1,
+                finished=None,
+            )
+            self.set_step(index, again)
+        self.state = replace(self.state, status=SagaStatus.RUNNING, error=None)
+        self.resume()
 
     def on_operator_abort(self, event: OperatorAbort) -> None:
-        if self.state.status is not SagaStatus.RUNNING:
+        pivot = self.past_pivot()
+        if pivot is not None and self.state.status in (SagaStatus.RUNNING, SagaStatus.FAILED):
             self.refusal = (
-                f"saga {self.state.saga_id} is {self.state.status.value}; "
-                "only a running saga can be aborted"
+                f"saga {self.state.saga_id} is past its pivot {pivot!r} and cannot be "
+                "compensated; retry it, or resolve it once a person has finished it"
             )
             return
+        if self.failed_forward():
+            # on_failure: fail stopped it for a person to decide: they chose to compensate.
+            self.record(
+                HistoryType.OPERATOR_ABORT,
+                self.state.error.step if self.state.error else None,
+                None,
+                _reason(event.reason),
+            )
+            message = "aborted by an operator" + (f": {event.reason}" if event.reason else "")
+            self.give_up_in_flight(lambda name: ErrorInfo("aborted", message, step=name))
+            self.compensate(self.state.error or ErrorInfo("aborted", message))
+            return
+        if self.state.status is not SagaStatus.RUNNING:
+            self.refusal = (
+                f"saga {self.state.saga_id} is {self.state.status.value}; only a running saga "
+                "(or one a step's on_failure: fail stopped) can be aborted"
+            )
+            return
+        message = "aborted by an operator" + (f": {event.reason}" if event.reason else "")
+        in_flight = [s for s in self.state.steps if s.status is StepStatus.RUNNING]
+        for step in in_flight:
+            self.record(HistoryType.OPERATOR_ABORT, step.name, step.attempts, _reason(event.reason))
+        if not in_flight:
+            # A running saga always has a step in flight; this is a safety net.
+            self.record(HistoryType.OPERATOR_ABORT, detail=_reason(event.reason))
+        first = in_flight[0].name if in_flight else None
+        self.give_up_in_flight(lambda name: ErrorInfo("aborted", message, step=name))
+        self.compensate(ErrorInfo("aborted", message, step=first))
+
+    def give_up_in_flight(self, error_for: Callable[[str], ErrorInfo]) -> None:
+        """Every step in flight counts as timed out (its outcome is unknown): failed for
+        good, and compensated if it was sent."""
         for index, step in enumerate(self.state.steps):
             if step.status is StepStatus.RUNNING:
-                self.record(
-                    HistoryType.OPERATOR_ABORT, step.name, step.attempts, _reason(event.reason)
-                )
-                message = "aborted by an operator" + (f": {event.reason}" if event.reason else "")
-                error = ErrorInfo("aborted", message, step=step.name)
-                aborted = replace(
+                given_up = replace(
                     step,
                     status=StepStatus.FAILED,
-                    error=error,
+                    error=error_for(step.name),
                     effect_possible=step.attempts > 0,
                     deadline=None,
+                    finished=self.next_finished(),
                 )
-                self.set_step(index, aborted)
-                self.fail_for_good(error)
-                return
-        # A running saga always has a step in flight; this is a safety net.
-        self.record(HistoryType.OPERATOR_ABORT, detail=_reason(event.reason))
-        self.fail_for_good(ErrorInfo("aborted", "aborted by an operator"))
+                self.set_step(index, given_up)
+
+    def on_deadline(self, event: DeadlinePassed) -> None:
+        """The saga's deadline passed while it ran: compensate, or past the pivot, stop."""
+        deadline = self.state.deadline
+        if self.state.status is not SagaStatus.RUNNING or deadline is None or deadline > self.now:
+            return  # stale: the saga finished or stopped first
+        limit = self.state.definition.deadline
+        allowed = _seconds(limit) if limit is not None else "its deadline"
+        self.record(HistoryType.DEADLINE_PASSED, detail={"deadline": deadline.isoformat()})
+        message = f"the saga did not finish within its deadline of {allowed}"
+        pivot = self.past_pivot()
+        if pivot is not None:
+            self.stop(
+                ErrorInfo("deadline", message), f"the deadline passed after the pivot {pivot!r}"
+            )
+            return
+        in_flight = [s for s in self.state.steps if s.status is StepStatus.RUNNING]
+        self.give_up_in_flight(lambda name: ErrorInfo("deadline", message, step=name))
+        for step in in_flight:
+            error = ErrorInfo("deadline", message, step=step.name)
+            self.record(HistoryType.STEP_FAILED, step.name, step.attempts, error.to_json())
+        self.compensate(ErrorInfo("deadline", message))
+
+    def compensate(self, error: ErrorInfo) -> None:
+        self.state = replace(self.state, status=SagaStatus.COMPENSATING, error=error)
+        self.cancel_waiting_retries()
+        self.compensate_next()
 
     def on_operator_resolve(self, event: OperatorResolve) -> None:
         if self.state.status is not SagaStatus.FAILED:
@@ -524,6 +793,11 @@ class _Run:
             )
             return
         self.record(HistoryType.OPERATOR_RESOLVE, detail=_reason(event.reason))
+        if self.failed_forward() and self.past_pivot() is not None:
+            # Past the point of no return, a person finished the work by hand.
+            self.state = replace(self.state, status=SagaStatus.COMPLETED)
+            self.record(HistoryType.COMPLETED, detail={"resolved_by_operator": True})
+            return
         self.state = replace(self.state, status=SagaStatus.COMPENSATED)
         self.record(HistoryType.COMPENSATED, detail={"resolved_by_operator": True})
 

@@ -41,6 +41,8 @@ class StepStatus(StrEnum):
     FAILED = "failed"
     COMPENSATING = "compensating"
     COMPENSATED = "compensated"
+    SKIPPED = "skipped"
+    """Its ``when:`` was false: it never ran and is never compensated."""
 
 
 class CompensationStatus(StrEnum):
@@ -75,6 +77,7 @@ class HistoryType(StrEnum):
     STEP_SUCCEEDED = "step_succeeded"
     STEP_FAILED = "step_failed"
     STEP_TIMED_OUT = "step_timed_out"
+    STEP_SKIPPED = "step_skipped"
     COMPENSATION_SENT = "compensation_sent"
     COMPENSATION_SUCCEEDED = "compensation_succeeded"
     COMPENSATION_FAILED = "compensation_failed"
@@ -85,6 +88,8 @@ class HistoryType(StrEnum):
     OPERATOR_RETRY = "operator_retry"
     OPERATOR_ABORT = "operator_abort"
     OPERATOR_RESOLVE = "operator_resolve"
+    DEADLINE_PASSED = "deadline_passed"
+    MIGRATED = "migrated"
 
 
 @dataclass(frozen=True)
@@ -142,6 +147,9 @@ class StepState:
     """Bumped by an operator retry, which sends the action under a fresh key."""
     deadline: Deadline | None = None
     compensation: CompensationState | None = None
+    finished: int | None = None
+    """Its place in the order steps finished (succeeded, or failed for good), 1 for the
+    first: compensation goes newest first. None for a step that has not finished."""
 
 
 def idempotency_key(saga_id: str, step: str, kind: Kind, generation: int = 0) -> str:
@@ -161,6 +169,8 @@ class SagaState:
     steps: tuple[StepState, ...]
     output: JSON = None
     error: ErrorInfo | None = None
+    deadline: datetime | None = None
+    """The whole saga's deadline (``deadline:`` in the definition), while it runs."""
 
     @classmethod
     def new(cls, saga_id: str, definition: SagaDefinition, input: JSON) -> SagaState:

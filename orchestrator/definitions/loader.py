@@ -11,10 +11,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from datetime import timedelta
+from enum import StrEnum
 from typing import Any
 
 from pydantic import ValidationError
 
+from orchestrator.definitions.conditions import ConditionSyntaxError, parse_condition
 from orchestrator.definitions.durations import DurationError, parse_duration
 from orchestrator.definitions.errors import DefinitionInvalid, DefinitionProblem
 from orchestrator.definitions.messages import (
@@ -23,17 +25,34 @@ from orchestrator.definitions.messages import (
     show_value,
     unknown_key,
 )
-from orchestrator.definitions.model import MAX_STEPS, RetryPolicy, SagaDefinition
-from orchestrator.definitions.references import compile_template, scope_problems
+from orchestrator.definitions.model import (
+    MAX_STEPS,
+    OnFailure,
+    RetryPolicy,
+    SagaDefinition,
+    StepKind,
+)
+from orchestrator.definitions.references import compile_template, scope_problem, scope_problems
 from orchestrator.definitions.schema import schema_problems
 from orchestrator.definitions.yaml_source import MAX_BYTES, PathKey, parse_yaml
 
 __all__ = ["LoadedDefinition", "load_definition", "load_file", "load_source", "load_text"]
 
-TOP_KEYS = ("name", "version", "description", "input", "defaults", "steps", "output")
+TOP_KEYS = ("name", "version", "description", "input", "defaults", "deadline", "steps", "output")
 DEFAULTS_KEYS = ("timeout", "retry")
-STEP_KEYS = ("name", "participant", "command", "payload", "timeout", "retry", "compensation")
-RETRY_KEYS = ("max_attempts", "backoff")
+STEP_KEYS = (
+    "name",
+    "participant",
+    "command",
+    "payload",
+    "timeout",
+    "retry",
+    "compensation",
+    "kind",
+    "when",
+    "on_failure",
+)
+RETRY_KEYS = ("max_attempts", "backoff", "on", "never")
 BACKOFF_KEYS = ("initial", "multiplier", "max")
 COMPENSATION_KEYS = ("command", "payload")
 _MODEL_TO_YAML = {"input_schema": "input"}
@@ -133,9 +152,28 @@ class _Checker:
         self.problems: list[DefinitionProblem] = []
         self.claimed: set[PathKey] = set()
         self.step_names: dict[int, str] = {}
+        """Step names by position in the flat list of steps (parallel members included)."""
+        self.step_paths: list[PathKey] = []
+        """Where each step of the flat list sits in the document: ``("steps", i)``, or
+        ``("steps", i, "parallel", j)`` for a member of a parallel group."""
+        self.flat_steps: list[Any] = []
+        """The steps as written, parallel members in place of their group."""
+        self.groups: list[int | None] = []
+        """The parallel group (numbered from 1) of each step of the flat list, or None."""
+
+    def document_path(self, path: PathKey) -> PathKey:
+        """Where a model path (``("steps", k, ...)``, k in the flat list) is in the document."""
+        flat = len(path) >= 2 and path[0] == "steps" and isinstance(path[1], int)
+        if flat and path[1] < len(self.step_paths):  # type: ignore[operator]
+            return (*self.step_paths[path[1]], *path[2:])  # type: ignore[index]
+        return path
 
     def line(self, path: PathKey) -> int:
         """The line of ``path``, or of the nearest enclosing value the document has."""
+        return self.document_line(self.document_path(path))
+
+    def document_line(self, path: PathKey) -> int:
+        """Like :meth:`line` for a path into the document as written."""
         for end in range(len(path), -1, -1):
             line = self.positions.get(path[:end])
             if line is not None:
@@ -144,7 +182,8 @@ class _Checker:
 
     def report(self, path: PathKey, message: str, *, claim: bool = True) -> None:
         """Record a problem at ``path``; a claimed path gets no second, derived error."""
-        if any(path[: len(dropped)] == dropped for dropped in self.dropped):
+        document = self.document_path(path)
+        if any(document[: len(dropped)] == dropped for dropped in self.dropped):
             return
         where = display_path(path, self.step_names)
         text = f"{where}: {message}" if where else message
@@ -188,6 +227,8 @@ class _Checker:
             if isinstance(top["input"], dict):
                 for path, message in schema_problems(top["input"]):
                     self.report(("input", *path), message)
+        if "deadline" in top and not self.timeout(top["deadline"], ("deadline",), "a deadline"):
+            del model["deadline"]
         if "steps" in top:
             model["steps"] = tuple(self.steps(top["steps"], timeout, retry))
         self.references(top)
@@ -220,8 +261,8 @@ class _Checker:
                 }
         return timeout, retry
 
-    def timeout(self, value: Any, path: PathKey) -> bool:
-        """Whether ``value`` is a usable timeout; reports why not."""
+    def timeout(self, value: Any, path: PathKey, what: str = "a timeout") -> bool:
+        """Whether ``value`` is a usable timeout (or deadline); reports why not."""
         try:
             duration = value if isinstance(value, timedelta) else parse_duration(value)
         except (DurationError, TypeError):
@@ -232,7 +273,7 @@ class _Checker:
             )
             return False
         if duration <= timedelta(0):
-            self.report(path, "a timeout must be longer than 0s")
+            self.report(path, f"{what} must be longer than 0s")
             return False
         return True
 
@@ -243,21 +284,43 @@ class _Checker:
         retry = self.mapping(value, path, RETRY_KEYS)
         if "backoff" in retry:
             retry["backoff"] = self.mapping(retry["backoff"], (*path, "backoff"), BACKOFF_KEYS)
+        for key in ("on", "never"):
+            if key in retry:
+                retry[key] = self.codes(retry[key], (*path, key))
+        both = set(retry.get("on") or ()) & set(retry.get("never") or ())
+        for code in sorted(both):
+            self.report((*path, "never"), f"failure code {code!r} is in both on and never")
         return retry
 
+    def codes(self, value: Any, path: PathKey) -> tuple[str, ...]:
+        """A list of failure codes as a tuple; reports anything else (and drops it)."""
+        if not isinstance(value, list):
+            self.report(path, f"expected a list of failure codes, got {_kind(value)}")
+            return ()
+        codes: list[str] = []
+        for index, code in enumerate(value):
+            if isinstance(code, str) and code.strip():
+                codes.append(code)
+            else:
+                self.report((*path, index), f"a failure code is text, not {_kind(code)}")
+        return tuple(codes)
+
     def steps(self, value: Any, timeout: Any, retry: dict[str, Any]) -> list[dict[str, Any]]:
-        """Each step checked for shape and merged over the defaults, ready for the model."""
+        """Each step checked for shape and merged over the defaults, ready for the model;
+        the members of a parallel group take its place in the list, marked with its number."""
         if not isinstance(value, list):
             self.report(("steps",), f"expected a list of steps, got {_kind(value)}")
             return []
         if not value:
             self.report(("steps",), "a saga needs at least one step")
-        if len(value) > MAX_STEPS:
+        self.flatten(value)
+        count = len(self.flat_steps)
+        if count > MAX_STEPS:
             self.report(
-                ("steps",), f"a saga may have at most {MAX_STEPS} steps; this one has {len(value)}"
+                ("steps",), f"a saga may have at most {MAX_STEPS} steps; this one has {count}"
             )
         first_seen: dict[str, int] = {}
-        for index, step in enumerate(value):
+        for index, step in enumerate(self.flat_steps):
             name = step.get("name") if isinstance(step, dict) else None
             if isinstance(name, str) and name not in first_seen:
                 first_seen[name] = self.line(("steps", index, "name"))
@@ -268,7 +331,65 @@ class _Checker:
                     f"duplicate step name {name!r} (first defined on line {first_seen[name]})",
                     claim=False,
                 )
-        return [self.step(step, ("steps", i), timeout, retry) for i, step in enumerate(value)]
+        checked = [
+            self.step(step, ("steps", i), timeout, retry) for i, step in enumerate(self.flat_steps)
+        ]
+        for index, group in enumerate(self.groups):
+            if group is not None:
+                checked[index]["group"] = group
+                if checked[index].get("kind") is StepKind.PIVOT:
+                    self.report(
+                        ("steps", index, "kind"),
+                        "a pivot runs alone: it cannot be part of a parallel group",
+                    )
+        self.kinds(checked)
+        return checked
+
+    def flatten(self, value: list[Any]) -> None:
+        """Fill ``flat_steps``, ``step_paths`` and ``groups`` from the document's list."""
+        group = 0
+        for index, item in enumerate(value):
+            if not (isinstance(item, dict) and "parallel" in item):
+                self.step_paths.append(("steps", index))
+                self.flat_steps.append(item)
+                self.groups.append(None)
+                continue
+            for key in item:
+                if key != "parallel":
+                    self.problems.append(
+                        DefinitionProblem(
+                            self.source,
+                            self.document_line(("steps", index, key)),
+                            f"steps[{index}]: unknown key {key!r}: a parallel group holds only "
+                            "'parallel', its list of steps",
+                        )
+                    )
+            members = item["parallel"]
+            if not isinstance(members, list) or len(members) < 2:
+                self.problems.append(
+                    DefinitionProblem(
+                        self.source,
+                        self.document_line(("steps", index, "parallel")),
+                        f"steps[{index}] parallel: expected a list of at least two steps, got "
+                        + (f"{len(members)}" if isinstance(members, list) else _kind(members)),
+                    )
+                )
+                continue
+            group += 1
+            for position, member in enumerate(members):
+                if isinstance(member, dict) and "parallel" in member:
+                    self.problems.append(
+                        DefinitionProblem(
+                            self.source,
+                            self.document_line(("steps", index, "parallel", position)),
+                            "parallel groups do not nest: list the steps of the inner group "
+                            "in the outer one",
+                        )
+                    )
+                    continue
+                self.step_paths.append(("steps", index, "parallel", position))
+                self.flat_steps.append(member)
+                self.groups.append(group)
 
     def step(
         self, value: Any, path: PathKey, timeout: Any, defaults: dict[str, Any]
@@ -291,19 +412,102 @@ class _Checker:
         step.pop("retry", None)
         if merged:
             step["retry"] = merged
+        if "when" in step:
+            step["when"] = self.condition(step["when"], (*path, "when"))
+        for key, choices in (("kind", StepKind), ("on_failure", OnFailure)):
+            if key in step:
+                step[key] = self.choice(step[key], (*path, key), choices)
         return step
 
+    def choice(self, value: Any, path: PathKey, choices: type[StrEnum]) -> Any:
+        """``value`` as a member of ``choices``, or reported (and None)."""
+        allowed = [member.value for member in choices]
+        if isinstance(value, str) and value in allowed:
+            return choices(value)
+        shown = repr(value) if isinstance(value, str) else show_value(value)
+        self.report(
+            path, f"unknown value {shown}: expected {', '.join(allowed[:-1])} or {allowed[-1]}"
+        )
+        return None
+
+    def condition(self, value: Any, path: PathKey) -> str | None:
+        """The text of a ``when:`` that parses (``true``/``false`` as written); reports why not."""
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        if not isinstance(value, str):
+            self.report(path, f"a condition is text like ${{input.x}} == 1, not {_kind(value)}")
+            return None
+        try:
+            parse_condition(value)
+        except ConditionSyntaxError as exc:
+            self.report(path, f"bad condition: {exc}")
+            return None
+        return value
+
+    def kinds(self, steps: list[dict[str, Any]]) -> None:
+        """Compensatable steps, then at most one pivot, then retriable ones; a pivot or a
+        retriable step has no compensation. Kinds left out are inferred as the model does."""
+        pivot: tuple[str, int] | None = None
+        for index, step in enumerate(steps):
+            path: PathKey = ("steps", index)
+            name = self.step_names.get(index, f"steps[{index}]")
+            if "kind" in step and step["kind"] is None:
+                continue  # reported by step()
+            declared = step.get("kind")
+            has_compensation = step.get("compensation") is not None
+            if declared is None:
+                kind = StepKind.COMPENSATABLE if has_compensation else StepKind.RETRIABLE
+            else:
+                kind = StepKind(declared)
+            at = (*path, "kind") if declared is not None else (*path, "compensation")
+            if kind is not StepKind.COMPENSATABLE and has_compensation:
+                self.report(
+                    (*path, "compensation"),
+                    f"a {kind.value} step has no compensation: "
+                    + (
+                        "the pivot is the point of no return"
+                        if kind is StepKind.PIVOT
+                        else "it is retried until it succeeds"
+                    )
+                    + "; make it compensatable or remove the compensation",
+                )
+            if kind is StepKind.PIVOT:
+                if pivot is not None:
+                    self.report(
+                        (*path, "kind"),
+                        f"a saga has one pivot, and {pivot[0]!r} (line {pivot[1]}) is already it",
+                    )
+                else:
+                    pivot = (name, self.line((*path, "kind")))
+            elif kind is StepKind.COMPENSATABLE and pivot is not None:
+                what = (
+                    "a compensation makes this step compensatable, but it comes"
+                    if declared is None
+                    else "a compensatable step cannot come"
+                )
+                self.report(
+                    at,
+                    f"{what} after the pivot {pivot[0]!r} (line {pivot[1]}): nothing after "
+                    "the point of no return can be undone; make it retriable or move it "
+                    "before the pivot",
+                )
+
     def references(self, top: dict[str, Any]) -> None:
-        """Check every ``${...}`` in step payloads, compensation payloads and output."""
-        raw = top.get("steps")
-        steps: list[Any] = raw if isinstance(raw, list) else []
+        """Check every ``${...}`` in conditions, step payloads, compensation payloads and
+        output; a member of a parallel group sees the steps before its group, not its peers."""
+        steps = self.flat_steps
         names = [self.step_names.get(i) for i in range(len(steps))]
         known = [name for name in names if name is not None]
         for index, step in enumerate(steps):
             if not isinstance(step, dict):
                 continue
-            name, before = names[index], [n for n in names[:index] if n is not None]
+            group = self.groups[index]
+            first = index
+            while group is not None and first > 0 and self.groups[first - 1] == group:
+                first -= 1
+            name, before = names[index], [n for n in names[:first] if n is not None]
             where = f"step {name!r}" if name else f"steps[{index}]"
+            self.condition_scope(step.get("when"), ("steps", index, "when"), where, before, known)
             self.template(
                 step.get("payload"),
                 ("steps", index, "payload"),
@@ -326,6 +530,23 @@ class _Checker:
         self.template(
             top.get("output"), ("output",), where="output", visible=known, known=known, own=None
         )
+
+    def condition_scope(
+        self, value: Any, path: PathKey, where: str, visible: list[str], known: list[str]
+    ) -> None:
+        """Report references in a ``when:`` to steps that do not run before it."""
+        if not isinstance(value, str):
+            return
+        try:
+            condition = parse_condition(value)
+        except ConditionSyntaxError:
+            return  # reported by step()
+        for ref in condition.references():
+            message = scope_problem(
+                ref, where=f"the condition of {where}", visible=visible, all_steps=known
+            )
+            if message is not None:
+                self.report(path, message, claim=False)
 
     def template(
         self,

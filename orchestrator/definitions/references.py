@@ -32,6 +32,7 @@ __all__ = [
     "parse_reference",
     "render",
     "resolve",
+    "scope_problem",
     "scope_problems",
 ]
 
@@ -192,20 +193,35 @@ def scope_problems(
     """
     problems: list[TemplateProblem] = []
     for path, ref in template.references():
-        step = ref.step
-        if step is None or step in visible:
-            continue
-        if step == own_step:
-            message = f"{where} refers to its own result, which does not exist before it runs"
-        elif step in all_steps:
-            message = f"{where} refers to step {step!r}, which does not run before it"
-        else:
-            message = f"{where} refers to unknown step {step!r}"
-            close = get_close_matches(step, list(all_steps), n=1)
-            if close:
-                message += f"; did you mean {close[0]!r}?"
-        problems.append(TemplateProblem(path, message))
+        message = scope_problem(
+            ref, where=where, visible=visible, all_steps=all_steps, own_step=own_step
+        )
+        if message is not None:
+            problems.append(TemplateProblem(path, message))
     return problems
+
+
+def scope_problem(
+    ref: Reference,
+    *,
+    where: str,
+    visible: Sequence[str],
+    all_steps: Sequence[str],
+    own_step: str | None = None,
+) -> str | None:
+    """Why ``ref`` may not be used in ``where`` (see :func:`scope_problems`), or None."""
+    step = ref.step
+    if step is None or step in visible:
+        return None
+    if step == own_step:
+        return f"{where} refers to its own result, which does not exist before it runs"
+    if step in all_steps:
+        return f"{where} refers to step {step!r}, which does not run before it"
+    message = f"{where} refers to unknown step {step!r}"
+    close = get_close_matches(step, list(all_steps), n=1)
+    if close:
+        message += f"; did you mean {close[0]!r}?"
+    return message
 
 
 def _compile(value: JSON, path: TemplatePath, problems: list[TemplateProblem]) -> _Node:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from orchestrator.definitions.cache import IdentityCache
+from orchestrator.definitions.conditions import Condition, parse_condition
 from orchestrator.definitions.model import SagaDefinition
 from orchestrator.definitions.references import (
     ReferenceContext,
@@ -26,6 +27,7 @@ __all__ = [
     "render_compensation_payload",
     "render_output",
     "render_step_payload",
+    "step_runs",
     "template_secret_fields",
 ]
 
@@ -39,6 +41,7 @@ class CompiledDefinition:
     payloads: tuple[Template, ...]
     compensations: tuple[Template | None, ...]
     output: Template | None
+    conditions: tuple[Condition | None, ...] = ()
 
 
 def _compile(definition: SagaDefinition) -> CompiledDefinition:
@@ -49,6 +52,9 @@ def _compile(definition: SagaDefinition) -> CompiledDefinition:
             for step in definition.steps
         ),
         output=None if definition.output is None else compile_template(definition.output),
+        conditions=tuple(
+            None if step.when is None else parse_condition(step.when) for step in definition.steps
+        ),
     )
 
 
@@ -58,6 +64,13 @@ _COMPILED: IdentityCache[SagaDefinition, CompiledDefinition] = IdentityCache(_co
 def compiled(definition: SagaDefinition) -> CompiledDefinition:
     """The compiled templates of ``definition`` (built once per definition object)."""
     return _COMPILED.get(definition)
+
+
+def step_runs(definition: SagaDefinition, step_index: int, context: ReferenceContext) -> bool:
+    """Whether the step's ``when:`` holds (True without one); ConditionError if it cannot
+    be evaluated."""
+    condition = compiled(definition).conditions[step_index]
+    return condition is None or condition.holds(context)
 
 
 def render_step_payload(

@@ -100,6 +100,7 @@ def instance_row(
         "trace_context": trace_context,
         "created_at": now,
         "updated_at": now,
+        "deadline_at": state.deadline,
     }
 
 
@@ -125,6 +126,7 @@ def step_row(saga_id: str, index: int, step: StepState) -> dict[str, Any]:
         "compensation_result": compensation.result if compensation else None,
         "compensation_error": error_to_json(compensation.error) if compensation else None,
         "compensation_generation": compensation.generation if compensation else 0,
+        "finished_seq": step.finished,
     }
 
 
@@ -156,6 +158,7 @@ def step_from_row(row: Row) -> StepState:
         generation=row["generation"],
         deadline=deadline,
         compensation=compensation,
+        finished=row["finished_seq"],
     )
 
 
@@ -177,6 +180,7 @@ def saga_record(
         steps=tuple(step_from_row(row) for row in step_rows),
         output=instance["output"],
         error=error_from_json(instance["error"]),
+        deadline=instance["deadline_at"],
     )
     return SagaRecord(
         state=state,

@@ -64,6 +64,7 @@ _STEP_COLUMNS: tuple[tuple[str, str], ...] = (
     ("compensation_result", "jsonb"),
     ("compensation_error", "jsonb"),
     ("compensation_generation", "int"),
+    ("finished_seq", "int"),
 )
 _HISTORY_COLUMNS: tuple[tuple[str, str], ...] = (
     ("seq", "int"),
@@ -138,6 +139,7 @@ WITH saga AS (
     SET state = CAST(:state AS text),
         output = CAST(:output AS jsonb),
         error = CAST(:error AS jsonb),
+        deadline_at = CAST(:deadline_at AS timestamptz),
         lock_version = CAST(:version AS int) + 1,
         updated_at = CASE WHEN CAST(:changed AS bool) THEN CAST(:now AS timestamptz)
                           ELSE updated_at END
@@ -159,11 +161,12 @@ _CREATE = sa.text(
 WITH saga AS (
     INSERT INTO {instances.name} (id, name, version, state, definition, input, output, error,
                                   idempotency_key, lock_version, trace_context, created_at,
-                                  updated_at)
+                                  updated_at, deadline_at)
     SELECT CAST(:saga_id AS text), CAST(:name AS text), CAST(:definition_version AS int),
            CAST(:state AS text), CAST(:definition AS jsonb), CAST(:input AS jsonb),
            CAST(:output AS jsonb), CAST(:error AS jsonb), CAST(:idempotency_key AS text), 1,
-           CAST(:trace_context AS jsonb), CAST(:now AS timestamptz), CAST(:now AS timestamptz)
+           CAST(:trace_context AS jsonb), CAST(:now AS timestamptz), CAST(:now AS timestamptz),
+           CAST(:deadline_at AS timestamptz)
     WHERE {_NOT_HANDLED}
     ON CONFLICT DO NOTHING
     RETURNING id
@@ -251,6 +254,7 @@ async def apply(connection: AsyncConnection, transition: Transition) -> list[int
         "state": after.status.value,
         "output": _json(after.output),
         "error": _json(mapping.error_to_json(after.error)),
+        "deadline_at": after.deadline,
         "changed": changed,
         "now": transition.now,
         "consumer": consumer,
@@ -276,6 +280,7 @@ async def create(connection: AsyncConnection, saga: NewSaga) -> list[int] | None
         "input": _json(state.input),
         "output": _json(state.output),
         "error": _json(mapping.error_to_json(state.error)),
+        "deadline_at": state.deadline,
         "idempotency_key": saga.idempotency_key,
         "trace_context": _json(saga.trace_context),
         "now": saga.now,

@@ -124,11 +124,19 @@ instances = sa.Table(
     sa.Column("trace_context", _json(), nullable=True),
     sa.Column("created_at", UtcDateTime(), nullable=False),
     sa.Column("updated_at", UtcDateTime(), nullable=False),
+    sa.Column("deadline_at", UtcDateTime(), nullable=True),
     sa.UniqueConstraint("name", "idempotency_key"),
     sa.CheckConstraint("lock_version >= 1", name="lock_version_positive"),
     sa.Index("ix_saga_instances_state_created_at", "state", "created_at"),
     sa.Index("ix_saga_instances_name_created_at", "name", "created_at"),
     sa.Index("ix_saga_instances_created_at", "created_at"),
+    # The timer loop's query for saga deadlines; only running sagas have one.
+    sa.Index(
+        "ix_saga_instances_deadline_at",
+        "deadline_at",
+        postgresql_where=sa.text("deadline_at IS NOT NULL"),
+        sqlite_where=sa.text("deadline_at IS NOT NULL"),
+    ),
 )
 """One row per saga: its status, snapshot of the definition, input/output and version."""
 
@@ -157,6 +165,7 @@ steps = sa.Table(
     sa.Column("compensation_result", _json(), nullable=True),
     sa.Column("compensation_error", _json(), nullable=True),
     sa.Column("compensation_generation", sa.Integer, nullable=False),
+    sa.Column("finished_seq", sa.Integer, nullable=True),
     sa.CheckConstraint(
         "(deadline_at IS NULL AND deadline_kind IS NULL AND deadline_purpose IS NULL)"
         " OR (deadline_at IS NOT NULL AND deadline_kind IS NOT NULL"

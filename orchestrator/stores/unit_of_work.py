@@ -296,6 +296,7 @@ class SqlUnitOfWork:
             "state": state.status,
             "output": state.output,
             "error": mapping.error_to_json(state.error),
+            "deadline_at": state.deadline,
             "lock_version": version,
             "updated_at": now,
         }
@@ -430,3 +431,17 @@ class SqlUnitOfWork:
             ).with_for_update(of=instances, skip_locked=True)
         result = await self._execute(statement)
         return [mapping.due_timer(row) for row in result.mappings()]
+
+    async def claim_due_sagas(self, now: datetime, limit: int) -> list[str]:
+        """Sagas whose own deadline has passed (see :meth:`claim_due` for the locking)."""
+        if limit < 1:
+            return []
+        statement = (
+            sa.select(instances.c.id)
+            .where(instances.c.deadline_at.is_not(None), instances.c.deadline_at <= now)
+            .order_by(instances.c.deadline_at, instances.c.id)
+            .limit(limit)
+        )
+        if self._postgres:
+            statement = statement.with_for_update(skip_locked=True)
+        return list((await self._execute(statement)).scalars())

@@ -88,7 +88,7 @@ async def test_abort_compensates_a_running_saga_including_the_step_in_flight(rig
     }
     assert effects.index(("b", "compensation")) < effects.index(("a", "compensation"))
     refused = await saga(rig, "abort", saga_id)
-    assert "only a running saga can be aborted" in one_sentence(refused)
+    assert "only a running saga" in one_sentence(refused)
 
 
 async def test_resolve_marks_a_failed_saga_compensated(rig: Rig) -> None:

@@ -42,7 +42,7 @@ def test_the_migrations_are_found_and_have_one_head() -> None:
     location = migrations.script_location()
     assert (location / "env.py").is_file()
     assert not (location / "__init__.py").exists()  # must never shadow the alembic library
-    assert migrations.head() == "0001"
+    assert migrations.head() == "0002"
     assert set(metadata.tables) == TABLES
 
 
@@ -132,13 +132,13 @@ async def test_saga_db_upgrade_works_from_any_directory(
 
     result = await asyncio.to_thread(runner.invoke, cli, ["db", "upgrade"])
     assert result.exit_code == 0, result.output
-    assert result.output == f"database {masked} is at revision 0001 (head)\n"
+    assert result.output == f"database {masked} is at revision {migrations.head()} (head)\n"
 
     monkeypatch.delenv("SAGA_DATABASE_URL")
     options = ["--database-url", database_url]
     result = await asyncio.to_thread(runner.invoke, cli, ["db", "current", *options])
     assert result.exit_code == 0, result.output
-    assert result.output == f"database {masked} is at revision 0001 (head)\n"
+    assert result.output == f"database {masked} is at revision {migrations.head()} (head)\n"
     assert list(elsewhere.iterdir()) == []  # nothing written to the working directory
 
 
@@ -149,7 +149,10 @@ def test_saga_db_upgrade_default_is_sqlite_in_the_working_directory(
     monkeypatch.delenv("SAGA_DATABASE_URL", raising=False)
     result = CliRunner().invoke(cli, ["db", "upgrade"])
     assert result.exit_code == 0, result.output
-    assert result.output == "database sqlite+aiosqlite:///./saga.db is at revision 0001 (head)\n"
+    assert (
+        result.output
+        == f"database sqlite+aiosqlite:///./saga.db is at revision {migrations.head()} (head)\n"
+    )
     assert (tmp_path / "saga.db").is_file()
 
 

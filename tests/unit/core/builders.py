@@ -23,9 +23,11 @@ from orchestrator.core.state import (
 from orchestrator.definitions.model import (
     Backoff,
     CompensationDefinition,
+    OnFailure,
     RetryPolicy,
     SagaDefinition,
     StepDefinition,
+    StepKind,
 )
 
 __all__ = [
@@ -72,8 +74,15 @@ def step(
     timeout: float = 10.0,
     max_attempts: int = 3,
     retry_backoff: Backoff | None = None,
+    kind: StepKind = StepKind.COMPENSATABLE,
+    when: str | None = None,
+    on_failure: OnFailure = OnFailure.COMPENSATE,
+    retry_never: tuple[str, ...] = (),
+    retry_on: tuple[str, ...] | None = None,
+    group: int | None = None,
 ) -> StepDefinition:
-    """A step on participant ``p_<name>``; ``compensation=None`` for a step with nothing to undo."""
+    """A step on participant ``p_<name>``; ``compensation=None`` for a step with nothing to
+    undo (still compensatable, unless ``kind`` says otherwise)."""
     comp = (
         None
         if compensation is None
@@ -85,16 +94,29 @@ def step(
         command=command or f"do_{name}",
         payload=payload or {},
         timeout=timedelta(seconds=timeout),
-        retry=RetryPolicy(max_attempts=max_attempts, backoff=retry_backoff or backoff()),
+        retry=RetryPolicy(
+            max_attempts=max_attempts,
+            backoff=retry_backoff or backoff(),
+            on=retry_on,
+            never=retry_never,
+        ),
         compensation=comp,
+        kind=kind,
+        when=when,
+        on_failure=on_failure,
+        group=group,
     )
 
 
 def definition(
-    *steps: StepDefinition, output: dict[str, JSON] | None = None, name: str = "test_saga"
+    *steps: StepDefinition,
+    output: dict[str, JSON] | None = None,
+    name: str = "test_saga",
+    deadline: float | None = None,
 ) -> SagaDefinition:
-    """A definition with the given steps."""
-    return SagaDefinition(name=name, version=1, steps=steps, output=output)
+    """A definition with the given steps (and a deadline in seconds)."""
+    limit = None if deadline is None else timedelta(seconds=deadline)
+    return SagaDefinition(name=name, version=1, steps=steps, output=output, deadline=limit)
 
 
 def order_checkout() -> SagaDefinition:

@@ -29,6 +29,7 @@ from orchestrator.core.state import (
     SagaStatus,
     StepStatus,
 )
+from orchestrator.definitions.model import OnFailure, StepKind
 
 from .builders import current_attempt, records, sends
 
@@ -70,7 +71,16 @@ def check_decision(
         assert found[1].status is StepStatus.FAILED, event
         assert [(s.step, s.kind) for s in sent] == [(event.step, Kind.COMPENSATION)], sent
     if before.status is SagaStatus.FAILED and sent:
-        assert isinstance(event, OperatorRetry), f"a failed saga sent {sent} on {event}"
+        # A retry; or an abort of a saga a step's failure stopped before compensating.
+        forward = all(step.compensation is None for step in before.steps)
+        reasons: tuple[type, ...] = (
+            (OperatorRetry, OperatorAbort, ReplySucceeded) if forward else (OperatorRetry,)
+        )
+        assert isinstance(event, reasons), f"a failed saga sent {sent} on {event}"
+    pivot = before.definition.pivot
+    if pivot is not None and before.steps[pivot].status is StepStatus.SUCCEEDED:
+        compensations = [s for s in sent if s.kind is Kind.COMPENSATION]
+        assert not compensations, f"compensating past the pivot: {compensations} on {event}"
     _check_sends(after, decision, sent, recorded)
     _check_deadlines(before, after, sent, now)
     check_shape(after)
@@ -96,10 +106,17 @@ def _check_sends(
         if r.type in (H.STEP_SENT, H.COMPENSATION_SENT)
     ]
     assert sent_records == [(s.step, s.attempt, s.kind) for s in sent]
-    assert len(sent) <= 1, f"more than one command at a time: {sent}"
+    # One compensation at a time; actions together only for the steps of one stage.
+    actions = [s for s in sent if s.kind is Kind.ACTION]
+    compensations = [s for s in sent if s.kind is Kind.COMPENSATION]
+    assert len(compensations) <= 1, f"more than one compensation at a time: {sent}"
+    assert not (actions and compensations), f"actions and a compensation at once: {sent}"
+    stages = {after.definition.stage(after.definition.step_index(s.step)) for s in actions}
+    assert len(stages) <= 1, f"commands for more than one stage at once: {sent}"
     for command in sent:
-        action_key = f"{after.saga_id}:{command.step}:action"
         step = after.steps[after.definition.step_index(command.step)]
+        action_key = f"{after.saga_id}:{command.step}:action"
+        action_key += f":r{step.generation}" if step.generation else ""
         assert command.attempt == current_attempt(step, command.kind)
         if command.kind is Kind.ACTION:
             assert command.idempotency_key == action_key
@@ -137,21 +154,36 @@ def _check_deadlines(
 
 
 def check_shape(state: SagaState) -> None:
-    """A state's steps agree with its status: one deadline while active, none when terminal."""
-    armed = [s.name for s in state.steps if s.deadline is not None]
-    if state.status.terminal:
+    """A state's steps agree with its status: deadlines while active (a stopped saga keeps
+    only those of steps of a parallel group it awaits), the steps in flight in one stage."""
+    armed = [s for s in state.steps if s.deadline is not None]
+    running = [i for i, s in enumerate(state.steps) if s.status is StepStatus.RUNNING]
+    if state.status is SagaStatus.FAILED:
+        assert all(s.status is StepStatus.RUNNING for s in armed), "a stopped saga retries"
+        assert all(s.deadline is None or s.deadline.purpose is DeadlinePurpose.REPLY for s in armed)
+    elif state.status.terminal:
         assert armed == [], f"a {state.status.value} saga still has deadlines on {armed}"
     else:
-        assert len(armed) == 1, f"a {state.status.value} saga waits on {armed}"
-    running = [i for i, s in enumerate(state.steps) if s.status is StepStatus.RUNNING]
-    assert len(running) <= 1
+        assert armed, f"a {state.status.value} saga waits on nothing"
+    assert all(state.steps[i].deadline is not None for i in running), "a running step has no timer"
     if running:
-        assert state.status is SagaStatus.RUNNING
-        assert all(s.status is StepStatus.PENDING for s in state.steps[running[0] + 1 :])
+        stage = state.definition.stage(running[0])
+        assert all(i in stage for i in running), f"steps in flight in two stages: {running}"
+        assert all(s.status is StepStatus.PENDING for s in state.steps[stage.stop :])
     if state.status is SagaStatus.RUNNING:
-        assert len(running) == 1
+        assert running, "a running saga has no step in flight"
+    if state.status is SagaStatus.COMPENSATING:
+        compensating = [s for s in state.steps if s.status is StepStatus.COMPENSATING]
+        assert not (running and compensating), "compensating while a step is still in flight"
+    if state.status.terminal or state.status is SagaStatus.COMPENSATING:
+        assert state.deadline is None, "a saga deadline outlived the running saga"
     if state.status is SagaStatus.COMPLETED:
-        assert all(s.status is StepStatus.SUCCEEDED for s in state.steps)
+        # A step past the pivot may have failed: a person finished it (saga resolve).
+        pivot = state.definition.pivot
+        past = pivot is not None and state.steps[pivot].status is StepStatus.SUCCEEDED
+        done = (StepStatus.SUCCEEDED, StepStatus.SKIPPED)
+        allowed = (*done, StepStatus.FAILED, StepStatus.PENDING) if past else done
+        assert all(s.status in allowed for s in state.steps)
 
 
 def _outcome_unknown(world: World) -> set[str]:
@@ -164,13 +196,40 @@ def _outcome_unknown(world: World) -> set[str]:
             new = entry.decision.state.steps[index]
             if old.status is not StepStatus.RUNNING or new.status not in _GAVE_UP:
                 continue
+            given_up = new.error is not None and new.error.code in ("cancelled", "deadline")
             if (
                 isinstance(entry.event, TimerFired)
                 or (isinstance(entry.event, ReplyFailed) and entry.event.retryable)
-                or (isinstance(entry.event, OperatorAbort) and old.attempts > 0)
+                or ((isinstance(entry.event, OperatorAbort) or given_up) and old.attempts > 0)
             ):
                 unknown.add(old.name)
     return unknown
+
+
+def _finishing_order(world: World) -> list[str]:
+    """Step names in the order they last finished (succeeded or failed for good): each
+    decision that finishes steps numbers them after every step finished before it."""
+    order: list[str] = []
+    numbers: dict[str, int] = {}
+    decisions = [(None, world.first), *((e.before, e.decision) for e in world.log)]
+    for before, decision in decisions:
+        ended = []
+        for index, new in enumerate(decision.state.steps):
+            old = before.steps[index].finished if before is not None else None
+            if new.finished is not None and new.finished != old:
+                ended.append(new)
+        if before is not None:
+            numbers = {s.name: s.finished for s in before.steps if s.finished is not None}
+        for step in sorted(ended, key=lambda s: s.finished or 0):
+            assert step.finished is not None
+            assert all(step.finished > n for n in numbers.values()), (
+                f"{step.name} finished as {step.finished} after {numbers}"
+            )
+            numbers[step.name] = step.finished
+            if step.name in order:
+                order.remove(step.name)
+            order.append(step.name)
+    return order
 
 
 def check_run(world: World) -> None:
@@ -184,16 +243,20 @@ def check_run(world: World) -> None:
 
     assert state.status.terminal, f"the saga ended {state.status.value}"
     assert not world.pending
+    assert not [s.name for s in state.steps if s.status is StepStatus.RUNNING]
 
     # Each action's success is accepted at most once (exactly once when completed).
     succeeded = Counter(r.step for r in history if r.type is H.STEP_SUCCEEDED)
     assert all(count == 1 for count in succeeded.values()), f"successes accepted: {succeeded}"
-    if state.status is SagaStatus.COMPLETED:
-        assert set(succeeded) == set(names)
+    skipped = {s.name for s in state.steps if s.status is StepStatus.SKIPPED}
+    assert not [c for c in sent if c.step in skipped], "a skipped step was sent a command"
+    if state.status is SagaStatus.COMPLETED and not world.resolved:
+        assert set(succeeded) == set(names) - skipped
         assert not [s for s in sent if s.kind is Kind.COMPENSATION]
         assert state.output == {"last": state.steps[-1].result["v"]}
 
-    # Attempts of one key go 1, 2, 3..., and an action never beyond max_attempts.
+    # Attempts of one key go 1, 2, 3..., and an action never beyond max_attempts (a
+    # retriable step excepted: it is attempted until it succeeds).
     by_key: dict[str, list[int]] = {}
     for command in sent:
         by_key.setdefault(command.idempotency_key, []).append(command.attempt)
@@ -201,7 +264,8 @@ def check_run(world: World) -> None:
         assert attempts == list(range(1, len(attempts) + 1)), f"{key} attempts {attempts}"
     for step_definition in world.definition.steps:
         tries = by_key.get(f"{state.saga_id}:{step_definition.name}:action", [])
-        assert len(tries) <= step_definition.retry.max_attempts
+        if step_definition.kind is not StepKind.RETRIABLE:
+            assert len(tries) <= step_definition.retry.max_attempts
 
     # Compensations: only for steps whose action was sent and that succeeded or may have
     # taken effect; newest first (a late success excepted); each completed at most once.
@@ -226,8 +290,14 @@ def check_run(world: World) -> None:
             order.append(command.step)
     for name in order:
         assert succeeded[name] == 1 or name in unknown, f"{name} compensated for nothing"
-    in_order = [names.index(name) for name in order if name not in late]
+    # Newest first: in the reverse of the order the steps finished (for steps run one at a
+    # time, the reverse of definition order).
+    finished_order = _finishing_order(world)
+    in_order = [finished_order.index(name) for name in order if name not in late]
     assert in_order == sorted(in_order, reverse=True), f"compensation order {order}"
+    if all(s.group is None for s in world.definition.steps):
+        by_index = [names.index(name) for name in order if name not in late]
+        assert by_index == sorted(by_index, reverse=True), f"compensation order {order}"
     done = Counter(r.step for r in history if r.type is H.COMPENSATION_SUCCEEDED)
     assert all(count == 1 for count in done.values()), f"compensations completed: {done}"
 
@@ -245,7 +315,14 @@ def check_run(world: World) -> None:
             else:
                 assert name not in order, f"{name} was compensated for nothing"
 
-    if state.status is SagaStatus.FAILED:
+    if state.status is SagaStatus.FAILED and all(s.compensation is None for s in state.steps):
+        # Stopped going forward: past the pivot, or the step says on_failure: fail.
+        stopped = [i for i, s in enumerate(state.steps) if s.status is StepStatus.FAILED]
+        pivot = world.definition.pivot
+        past_pivot = pivot is not None and state.steps[pivot].status is StepStatus.SUCCEEDED
+        policy = [world.definition.steps[i].on_failure is OnFailure.FAIL for i in stopped]
+        assert past_pivot or any(policy), "stopped without a reason to"
+    elif state.status is SagaStatus.FAILED:
         failed = [
             (index, s)
             for index, s in enumerate(state.steps)

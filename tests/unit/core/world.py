@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from orchestrator.core.effects import SendCommand
 from orchestrator.core.events import (
+    DeadlinePassed,
     Event,
     OperatorAbort,
     OperatorResolve,
@@ -28,7 +29,7 @@ from orchestrator.core.events import (
     ReplySucceeded,
     TimerFired,
 )
-from orchestrator.core.machine import Decision, decide, start
+from orchestrator.core.machine import DEFINITION_ERRORS, Decision, decide, start
 from orchestrator.core.state import (
     JSON,
     DeadlinePurpose,
@@ -130,6 +131,14 @@ class World:
         """Drive the saga until it is terminal and nothing is left to deliver."""
         while self.moves < MAX_MOVES:
             status = self.state.status
+            if status.terminal and self.armed():
+                self.progress()  # stopped for an operator: steps of its group are awaited
+                continue
+            deadline = self.state.deadline
+            if deadline is not None and self.draw(st.integers(0, 30), "deadline passes") == 0:
+                self.now = max(self.now, deadline)
+                self.move(DeadlinePassed())
+                continue
             if status.terminal:
                 if self.pending:
                     self.deliver_pending()
@@ -158,6 +167,10 @@ class World:
             f"saga not terminal after {MAX_MOVES} moves: {self.state.status.value}"
         )
 
+    def armed(self) -> list[StepState]:
+        """The steps waiting for a reply or a timer (several in a parallel group)."""
+        return [step for step in self.state.steps if step.deadline is not None]
+
     def draw(self, strategy: st.SearchStrategy[int], label: str) -> int:
         return self.data.draw(strategy, label=label)
 
@@ -167,7 +180,11 @@ class World:
         if choice == 0 and self.operator_retries < len(self.definition.steps) + 1:
             self.operator_retries += 1
             decision = self.move(OperatorRetry(reason="drawn"))
-            assert decision.refusal is None, decision.refusal
+            if decision.refusal is not None:
+                # Only a step that was never sent (its payload or condition is at fault).
+                errors = [s.error.code for s in self.state.steps if s.error is not None]
+                assert set(errors) & set(DEFINITION_ERRORS), decision.refusal
+                return False
             return True
         if choice == 1:
             decision = self.move(OperatorResolve(reason="drawn"))
@@ -178,8 +195,9 @@ class World:
 
     def progress(self) -> None:
         """Answer the command the saga waits on, or let its deadline pass."""
-        waiting = self.state.waiting_on()
-        assert waiting is not None, f"a {self.state.status.value} saga waits on nothing"
+        armed = self.armed()
+        assert armed, f"a {self.state.status.value} saga waits on nothing"
+        waiting = armed[0] if len(armed) == 1 else self.data.draw(st.sampled_from(armed), "which")
         deadline = waiting.deadline
         assert deadline is not None
         if deadline.purpose is DeadlinePurpose.RETRY:

@@ -56,7 +56,7 @@ def test_error_text_is_file_line_message() -> None:
     problem = only_problem(MINIMAL + "colour: red\n")
     assert str(problem) == (
         f"{SOURCE}:7: unknown key 'colour'; expected one of: "
-        "name, version, description, input, defaults, steps, output"
+        "name, version, description, input, defaults, deadline, steps, output"
     )
 
 
@@ -185,7 +185,7 @@ def test_every_error_in_a_file_is_reported_in_line_order() -> None:
         (
             3,
             "unknown key 'colour'; expected one of: "
-            "name, version, description, input, defaults, steps, output",
+            "name, version, description, input, defaults, deadline, steps, output",
         ),
         (
             5,

@@ -97,7 +97,7 @@ def test_load_dir_collects_every_error_of_every_file(tmp_path: Path) -> None:
     assert [str(e) for e in caught.value.errors] == [
         f"{a}:3: steps: a saga needs at least one step",
         f"{a}:4: unknown key 'colour'; expected one of: "
-        "name, version, description, input, defaults, steps, output",
+        "name, version, description, input, defaults, deadline, steps, output",
         f'{b}:2: version: expected an integer, got "zero"',
         f"{b}:3: step 's': missing required key 'participant'",
         f"{b}:3: step 's': missing required key 'command'",
