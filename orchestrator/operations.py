@@ -82,17 +82,26 @@ class Stuck:
 
 
 def wait_budget(state: SagaState) -> tuple[str | None, timedelta]:
-    """The step a running or compensating saga waits on, and how long it may legitimately
-    wait without any progress: timeout x attempts plus the backoffs between them."""
+    """The step a running or compensating saga waits on (the slowest, in a parallel group),
+    and how long it may legitimately wait without any progress: timeout x attempts plus the
+    backoffs between them. A retriable step records every attempt, so one attempt and the
+    longest backoff are its budget."""
+    waiting: tuple[str | None, timedelta] = (None, timedelta())
     for index, step in enumerate(state.steps):
-        if step.status in (StepStatus.RUNNING, StepStatus.COMPENSATING):
-            definition = state.step_definition(index)
+        if step.status not in (StepStatus.RUNNING, StepStatus.COMPENSATING):
+            continue
+        definition = state.step_definition(index)
+        if step.status is StepStatus.RUNNING and definition.retries_forever():
+            budget = definition.timeout + definition.retry.backoff.max
+        else:
             attempts = definition.retry.max_attempts
             backoffs = sum(
                 (definition.retry.backoff.delay(n) for n in range(1, attempts)), timedelta()
             )
-            return step.name, definition.timeout * attempts + backoffs
-    return None, timedelta()
+            budget = definition.timeout * attempts + backoffs
+        if waiting[0] is None or budget > waiting[1]:
+            waiting = (step.name, budget)
+    return waiting
 
 
 def find_stuck(records: Sequence[SagaRecord], now: datetime) -> list[Stuck]:

@@ -234,9 +234,14 @@ class Store(Protocol):
         ...
 
     async def list_sagas(
-        self, *, state: SagaStatus | None = None, name: str | None = None, limit: int = 100
+        self,
+        *,
+        state: SagaStatus | None = None,
+        name: str | None = None,
+        limit: int = 100,
+        version: int | None = None,
     ) -> list[SagaSummary]:
-        """Sagas newest first; ``limit`` 0 for all."""
+        """Sagas newest first (of one definition version, if given); ``limit`` 0 for all."""
         ...
 
     async def history(self, saga_id: str) -> list[HistoryEntry]:

@@ -7,6 +7,8 @@ Create Date: 2026-12-04
 - ``saga_steps.status`` may be ``skipped`` (a ``when:`` was false);
 - ``saga_steps.finished_seq`` numbers the steps of a saga in the order they finished, so
   parallel steps are compensated newest first (NULL for rows written before: index order);
+- ``saga_steps.key_name`` keeps the name a step's idempotency keys carry when a migration
+  renamed a step that had already run;
 - ``saga_history.type`` gains ``step_skipped``, ``deadline_passed`` and ``migrated``;
 - ``saga_instances.deadline_at`` is the whole saga's deadline, with the timer loop's index.
 """
@@ -71,6 +73,7 @@ def upgrade() -> None:
     _replace_check("saga_history", "type", (*HISTORY_TYPES, *NEW_HISTORY_TYPES))
     with op.batch_alter_table("saga_steps") as batch:
         batch.add_column(sa.Column("finished_seq", sa.Integer(), nullable=True))
+        batch.add_column(sa.Column("key_name", sa.Text(), nullable=True))
     with op.batch_alter_table("saga_instances") as batch:
         batch.add_column(sa.Column("deadline_at", sa.DateTime(timezone=True), nullable=True))
     op.create_index(
@@ -88,6 +91,7 @@ def downgrade() -> None:
     with op.batch_alter_table("saga_instances") as batch:
         batch.drop_column("deadline_at")
     with op.batch_alter_table("saga_steps") as batch:
+        batch.drop_column("key_name")
         batch.drop_column("finished_seq")
     _replace_check("saga_history", "type", HISTORY_TYPES)
     _replace_check("saga_steps", "status", STEP_STATUSES)

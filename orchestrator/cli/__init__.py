@@ -31,6 +31,7 @@ _COMMANDS = {
     "retry": "orchestrator.cli.operator:retry",
     "abort": "orchestrator.cli.operator:abort",
     "resolve": "orchestrator.cli.operator:resolve",
+    "migrate": "orchestrator.cli.operator:migrate",
 }
 
 

@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+from typing import Any
 
 import click
 
-from orchestrator.core.events import Event, OperatorAbort, OperatorResolve, OperatorRetry
-from orchestrator.core.state import SagaStatus
-from orchestrator.engine import OperatorRefused
+from orchestrator.core.events import Event, Migrate, OperatorAbort, OperatorResolve, OperatorRetry
+from orchestrator.core.machine import decide
+from orchestrator.core.state import SagaState, SagaStatus, StepStatus
+from orchestrator.definitions.registry import DefinitionRegistry
+from orchestrator.engine import OperatorRefused, UnknownSaga, utc_now
 from orchestrator.operations import Outcome, operate
 from orchestrator.settings import Settings
 from orchestrator.stores.sql import SqlStore
@@ -138,3 +141,102 @@ def abort(saga_id: str, reason: str | None, as_json: bool) -> None:
 def resolve(saga_id: str, reason: str | None, as_json: bool) -> None:
     """Mark a failed saga compensated after a person cleaned up by hand."""
     _report(asyncio.run(_one(saga_id, OperatorResolve(reason))), as_json)
+
+
+@click.command()
+@click.argument("saga_id")
+@click.option(
+    "--to-version",
+    "version",
+    type=click.IntRange(min=1),
+    required=True,
+    help="The version of the saga's definition to move it to (from SAGA_DEFINITIONS).",
+)
+@click.option(
+    "--map",
+    "renames",
+    multiple=True,
+    metavar="OLD=NEW",
+    help="A step the new version renamed (repeat for several).",
+)
+@click.option("--dry-run", is_flag=True, help="Say what would change and change nothing.")
+@_REASON
+@_JSON
+def migrate(
+    saga_id: str,
+    version: int,
+    renames: tuple[str, ...],
+    dry_run: bool,
+    reason: str | None,
+    as_json: bool,
+) -> None:
+    """Move a running saga to another version of its definition: the steps it has run must
+    begin that version (by name, or as mapped with --map)."""
+    mapping: dict[str, str] = {}
+    for item in renames:
+        old, sep, new = item.partition("=")
+        if not sep or not old or not new:
+            raise click.UsageError(f"--map takes OLD=NEW (a step name each), not {item!r}")
+        mapping[old] = new
+    plan = asyncio.run(_migrate(saga_id, version, mapping, dry_run, reason))
+    if as_json:
+        click.echo(json.dumps(plan))
+        return
+    verb = "would move" if dry_run else "moved"
+    click.echo(
+        f"{plan['id']}: {verb} from {plan['name']} v{plan['from_version']}"
+        f" to v{plan['to_version']} ({plan['state']})"
+    )
+    for label in ("carried", "renamed", "added", "dropped"):
+        if plan[label]:
+            click.echo(f"  {label}: {', '.join(plan[label])}")
+
+
+async def _migrate(
+    saga_id: str, version: int, renames: dict[str, str], dry_run: bool, reason: str | None
+) -> dict[str, Any]:
+    settings = Settings.from_env(os.environ)
+    registry = DefinitionRegistry.load_dir(settings.definitions_dir)
+    store = await SqlStore.connect(settings.database_url)
+    try:
+        await store.check_schema()
+        record = await store.get(saga_id)
+        if record is None:
+            raise UnknownSaga(f"no saga with id {saga_id}")
+        name = record.state.definition.name
+        event = Migrate(registry.get(name, version), renames, reason)
+        if dry_run:
+            decision = decide(record.state, event, utc_now())
+            if decision.refusal is not None:
+                raise OperatorRefused(decision.refusal)
+            after = decision.state
+        else:
+            decision, _outcome = await operate(store, settings, saga_id, event)
+            after = decision.state
+        return _migration_plan(record.state, after, renames, dry_run)
+    finally:
+        await store.close()
+
+
+def _migration_plan(
+    before: SagaState, after: SagaState, renames: dict[str, str], dry_run: bool
+) -> dict[str, Any]:
+    ran = [s.name for s in before.steps if s.status is not StepStatus.PENDING]
+    carried = [renames.get(name, name) for name in ran]
+    kept = {renames.get(s.name, s.name) for s in before.steps}
+    return {
+        "id": after.saga_id,
+        "name": after.definition.name,
+        "from_version": before.definition.version,
+        "to_version": after.definition.version,
+        "state": after.status.value,
+        "dry_run": dry_run,
+        "carried": carried,
+        "renamed": [f"{old} -> {new}" for old, new in renames.items()],
+        "added": [s.name for s in after.definition.steps if s.name not in kept],
+        "dropped": [
+            s.name
+            for s in before.steps
+            if renames.get(s.name, s.name) not in {d.name for d in after.definition.steps}
+        ],
+    }

@@ -283,6 +283,12 @@ def status(saga_id: str, as_json: bool) -> None:
 @click.option("--state", type=click.Choice([s.value for s in SagaStatus]), help="Only this state.")
 @click.option("--name", help="Only sagas of this definition.")
 @click.option(
+    "--version",
+    "version",
+    type=click.IntRange(min=1),
+    help="Only sagas on this version of their definition (with --name: of that one).",
+)
+@click.option(
     "--limit", type=click.IntRange(min=0), default=100, show_default=True, help="0 for all."
 )
 @click.option(
@@ -291,12 +297,21 @@ def status(saga_id: str, as_json: bool) -> None:
     help="Only running or compensating sagas idle for longer than their step may wait.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def list_sagas(state: str | None, name: str | None, limit: int, stuck: bool, as_json: bool) -> None:
+def list_sagas(
+    state: str | None,
+    name: str | None,
+    version: int | None,
+    limit: int,
+    stuck: bool,
+    as_json: bool,
+) -> None:
     """List sagas, newest first."""
     wanted = SagaStatus(state) if state else None
     if stuck:
         if wanted is not None:
             raise click.UsageError("--stuck already means running or compensating; drop --state")
+        if version is not None:
+            raise click.UsageError("--stuck lists every version; drop --version")
         found = asyncio.run(_with_store(_settings(), lambda store: _stuck(store, name, limit)))
         if as_json:
             _echo_json(stuck_json(found))
@@ -305,7 +320,8 @@ def list_sagas(state: str | None, name: str | None, limit: int, stuck: bool, as_
         return
     sagas = asyncio.run(
         _with_store(
-            _settings(), lambda store: store.list_sagas(state=wanted, name=name, limit=limit)
+            _settings(),
+            lambda store: store.list_sagas(state=wanted, name=name, limit=limit, version=version),
         )
     )
     if as_json:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from orchestrator.core.state import JSON, DeadlinePurpose, Kind
+from orchestrator.definitions.model import SagaDefinition
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,16 @@ class OperatorResolve:
 
 
 @dataclass(frozen=True)
+class Migrate:
+    """``saga migrate``: move the saga to another version of its definition."""
+
+    definition: SagaDefinition
+    renames: Mapping[str, str] = field(default_factory=dict)
+    """Old step name -> new step name, for steps the new version renamed."""
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
 class DeadlinePassed:
     """The saga's own deadline (``deadline:`` in its definition) has passed."""
 
@@ -75,5 +87,6 @@ Event = (
     | OperatorAbort
     | OperatorResolve
     | DeadlinePassed
+    | Migrate
 )
 """Every event a started saga can receive (a start is :func:`~orchestrator.core.machine.start`)."""

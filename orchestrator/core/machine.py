@@ -30,6 +30,7 @@ from orchestrator.core.effects import Effect, Record, SendCommand
 from orchestrator.core.events import (
     DeadlinePassed,
     Event,
+    Migrate,
     OperatorAbort,
     OperatorResolve,
     OperatorRetry,
@@ -107,6 +108,8 @@ def decide(state: SagaState, event: Event, now: datetime) -> Decision:
         run.on_operator_abort(event)
     elif isinstance(event, DeadlinePassed):
         run.on_deadline(event)
+    elif isinstance(event, Migrate):
+        run.on_migrate(event)
     else:
         run.on_operator_resolve(event)
     return run.decision()
@@ -784,6 +787,82 @@ class _Run:
         self.state = replace(self.state, status=SagaStatus.COMPENSATING, error=error)
         self.cancel_waiting_retries()
         self.compensate_next()
+
+    def on_migrate(self, event: Migrate) -> None:
+        """Move the saga to another version when the steps it has run begin that version
+        (by name, or by ``renames``); a renamed step keeps its idempotency keys."""
+        refusal = self.migration_refusal(event)
+        if refusal is not None:
+            self.refusal = refusal
+            return
+        old = self.state.definition
+        target = event.definition
+        by_new_name = {
+            event.renames.get(step.name, step.name): step
+            for step in self.state.steps
+            if step.status is not StepStatus.PENDING
+        }
+        steps = []
+        for step_definition in target.steps:
+            carried = by_new_name.get(step_definition.name)
+            if carried is None:
+                steps.append(StepState(name=step_definition.name))
+                continue
+            renamed = carried.name != step_definition.name
+            key_name = (carried.key_name or carried.name) if renamed else carried.key_name
+            steps.append(replace(carried, name=step_definition.name, key_name=key_name))
+        self.state = replace(self.state, definition=target, steps=tuple(steps))
+        detail: dict[str, JSON] = {"from_version": old.version, "to_version": target.version}
+        if event.renames:
+            detail["renamed"] = dict(event.renames)
+        if event.reason:
+            detail["reason"] = event.reason
+        self.record(HistoryType.MIGRATED, detail=detail)
+        if self.state.status is SagaStatus.RUNNING:
+            self.resume()  # steps the new version added to a stage already under way
+
+    def migration_refusal(self, event: Migrate) -> str | None:
+        """Why the saga cannot move to ``event.definition``, as a sentence; None if it can."""
+        saga, old, target = self.state.saga_id, self.state.definition, event.definition
+        if target.name != old.name:
+            return f"saga {saga} is a {old.name!r} saga, not {target.name!r}"
+        if target.version == old.version:
+            return f"saga {saga} is already on version {old.version}"
+        if self.state.status is not SagaStatus.RUNNING and not self.failed_forward():
+            return (
+                f"saga {saga} is {self.state.status.value}; only a running saga, or one "
+                "stopped going forward, can move to another version"
+            )
+        names = [step.name for step in self.state.steps]
+        for old_name, new_name in event.renames.items():
+            if old_name not in names:
+                return f"version {old.version} has no step {old_name!r} to rename"
+            if new_name not in [step.name for step in target.steps]:
+                return f"version {target.version} has no step {new_name!r}"
+        ran = [
+            event.renames.get(s.name, s.name)
+            for s in self.state.steps
+            if s.status is not StepStatus.PENDING
+        ]
+        begins = [step.name for step in target.steps[: len(ran)]]
+        if ran != begins:
+            return (
+                f"version {target.version} does not begin with the steps saga {saga} has run "
+                f"({', '.join(ran)}) but with ({', '.join(begins)}); map renamed steps "
+                "with --map OLD=NEW, or leave the saga on its version"
+            )
+        for index, step in enumerate(self.state.steps):
+            if step.status is not StepStatus.RUNNING:
+                continue
+            before = old.steps[index]
+            after = target.steps[target.step_index(event.renames.get(step.name, step.name))]
+            if (before.participant, before.command) != (after.participant, after.command):
+                return (
+                    f"step {step.name!r} is in flight as {before.participant}.{before.command}; "
+                    f"version {target.version} sends {after.participant}.{after.command}: "
+                    "migrate once it has finished"
+                )
+        return None
 
     def on_operator_resolve(self, event: OperatorResolve) -> None:
         if self.state.status is not SagaStatus.FAILED:

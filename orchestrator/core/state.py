@@ -147,6 +147,9 @@ class StepState:
     """Bumped by an operator retry, which sends the action under a fresh key."""
     deadline: Deadline | None = None
     compensation: CompensationState | None = None
+    key_name: str | None = None
+    """The name its idempotency keys carry, when a migration renamed a step that had
+    already run (its keys must not change); None: its name."""
     finished: int | None = None
     """Its place in the order steps finished (succeeded, or failed for good), 1 for the
     first: compensation goes newest first. None for a step that has not finished."""
@@ -203,13 +206,15 @@ class SagaState:
     def action_key(self, index: int) -> str:
         """The idempotency key the step's action runs (or ran) under."""
         step = self.steps[index]
-        return idempotency_key(self.saga_id, step.name, Kind.ACTION, step.generation)
+        name = step.key_name or step.name
+        return idempotency_key(self.saga_id, name, Kind.ACTION, step.generation)
 
     def compensation_key(self, index: int) -> str:
         """The idempotency key of the step's compensation."""
         step = self.steps[index]
         generation = step.compensation.generation if step.compensation else 0
-        return idempotency_key(self.saga_id, step.name, Kind.COMPENSATION, generation)
+        name = step.key_name or step.name
+        return idempotency_key(self.saga_id, name, Kind.COMPENSATION, generation)
 
     def waiting_on(self) -> StepState | None:
         """The step whose reply or timer the saga waits for, if any."""

@@ -127,6 +127,7 @@ def step_row(saga_id: str, index: int, step: StepState) -> dict[str, Any]:
         "compensation_error": error_to_json(compensation.error) if compensation else None,
         "compensation_generation": compensation.generation if compensation else 0,
         "finished_seq": step.finished,
+        "key_name": step.key_name,
     }
 
 
@@ -159,6 +160,7 @@ def step_from_row(row: Row) -> StepState:
         deadline=deadline,
         compensation=compensation,
         finished=row["finished_seq"],
+        key_name=row["key_name"],
     )
 
 

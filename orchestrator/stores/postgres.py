@@ -65,6 +65,7 @@ _STEP_COLUMNS: tuple[tuple[str, str], ...] = (
     ("compensation_error", "jsonb"),
     ("compensation_generation", "int"),
     ("finished_seq", "int"),
+    ("key_name", "text"),
 )
 _HISTORY_COLUMNS: tuple[tuple[str, str], ...] = (
     ("seq", "int"),

@@ -247,7 +247,12 @@ class SqlStore:
             return await unit.load(saga_id, lock=False)
 
     async def list_sagas(
-        self, *, state: SagaStatus | None = None, name: str | None = None, limit: int = 100
+        self,
+        *,
+        state: SagaStatus | None = None,
+        name: str | None = None,
+        limit: int = 100,
+        version: int | None = None,
     ) -> list[SagaSummary]:
         """Sagas newest first (ties by id, descending); ``limit`` 0 for all."""
         statement = sa.select(
@@ -262,6 +267,8 @@ class SqlStore:
             statement = statement.where(instances.c.state == state)
         if name is not None:
             statement = statement.where(instances.c.name == name)
+        if version is not None:
+            statement = statement.where(instances.c.version == version)
         if limit > 0:
             statement = statement.limit(limit)
         rows = await self._read(statement)

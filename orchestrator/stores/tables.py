@@ -166,6 +166,7 @@ steps = sa.Table(
     sa.Column("compensation_error", _json(), nullable=True),
     sa.Column("compensation_generation", sa.Integer, nullable=False),
     sa.Column("finished_seq", sa.Integer, nullable=True),
+    sa.Column("key_name", sa.Text, nullable=True),
     sa.CheckConstraint(
         "(deadline_at IS NULL AND deadline_kind IS NULL AND deadline_purpose IS NULL)"
         " OR (deadline_at IS NOT NULL AND deadline_kind IS NOT NULL"

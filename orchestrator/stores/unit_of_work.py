@@ -277,13 +277,11 @@ class SqlUnitOfWork:
         loaded = self._loaded.get(saga_id)
         if loaded is not None and loaded.version != expected_version:
             loaded = None  # not the baseline the caller means: write everything
+        reshaped = loaded is not None and len(loaded.state.steps) != len(state.steps)
         if loaded is None:
             changed = list(enumerate(state.steps))
-        elif len(loaded.state.steps) != len(state.steps):
-            raise InvalidValue(
-                f"saga {saga_id} has {len(loaded.state.steps)} steps; the update has"
-                f" {len(state.steps)}"
-            )
+        elif reshaped:
+            changed = []  # a migration to a version with other steps: rows written anew
         else:
             changed = mapping.changed_steps(loaded.state.steps, state.steps)
         version = expected_version + 1
@@ -308,6 +306,10 @@ class SqlUnitOfWork:
             values["name"] = state.definition.name
             values["version"] = state.definition.version
         await self._update_version(saga_id, expected_version, values)
+        if reshaped:
+            await self._execute(sa.delete(steps).where(steps.c.saga_id == saga_id))
+            rows = [mapping.step_row(saga_id, i, step) for i, step in enumerate(state.steps)]
+            await self._execute(sa.insert(steps), rows)
         if changed:
             params = []
             for index, step in changed:

@@ -173,3 +173,43 @@ async def test_a_passed_deadline_compensates_counting_the_step_in_flight_as_time
     undone = [s for s, kind in await _effects(rig, saga_id) if kind == "compensation"]
     assert set(undone) == {"hold", "flight", "hotel"}
     assert undone[-1] == "hold", "the step before the group is undone last"
+
+
+async def test_a_stopped_saga_moves_to_a_new_version_and_finishes_on_it(
+    rig: Rig, tmp_path: Path
+) -> None:
+    fixed = tmp_path / "fixed"
+    [saga_id] = await rig.start([_trip(notify={"fail_until_file": str(fixed)})], saga="trip")
+    assert (await rig.wait_terminal([saga_id]))[saga_id].state.status is SagaStatus.FAILED
+    # Version 2 renames notify and adds a receipt after it.
+    v2 = TRIP_YAML.replace("version: 1", "version: 2").replace("name: notify", "name: mail")
+    v2 += "  - name: receipt\n    participant: gamma\n    command: do\n"
+    v2 += "    payload:\n      behaviour: {}\n"
+    (rig.definitions_dir / "trip_v2.yaml").write_text(v2)
+
+    refused = await saga(rig, "migrate", saga_id, "--to-version", "2")
+    assert "does not begin with the steps" in one_sentence(refused)
+    dry = await saga(
+        rig, "migrate", saga_id, "--to-version", "2", "--map", "notify=mail", "--dry-run"
+    )
+    assert dry.code == 0, dry.err
+    assert "would move from trip v1 to v2" in dry.out
+    assert "added: receipt" in dry.out
+    still = await saga(rig, "list", "--name", "trip", "--version", "1", "--json")
+    assert [row["id"] for row in json.loads(still.out)] == [saga_id]
+
+    moved = await saga(
+        rig, "migrate", saga_id, "--to-version", "2", "--map", "notify=mail", "--json"
+    )
+    assert moved.code == 0, moved.err
+    assert json.loads(moved.out)["renamed"] == ["notify -> mail"]
+    on_v2 = await saga(rig, "list", "--name", "trip", "--version", "2", "--json")
+    assert [row["id"] for row in json.loads(on_v2.out)] == [saga_id]
+
+    fixed.write_text("mail works again")
+    retried = await saga(rig, "retry", saga_id)
+    assert retried.code == 0, retried.err
+    record = (await rig.wait_terminal([saga_id]))[saga_id]
+    assert record.state.status is SagaStatus.COMPLETED
+    assert [s.name for s in record.state.steps][-2:] == ["mail", "receipt"]
+    assert ("migrated", None) in await _history(rig, saga_id)

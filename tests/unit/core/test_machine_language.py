@@ -6,9 +6,15 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from orchestrator.core.events import DeadlinePassed, OperatorAbort, OperatorResolve, OperatorRetry
+from orchestrator.core.events import (
+    DeadlinePassed,
+    Migrate,
+    OperatorAbort,
+    OperatorResolve,
+    OperatorRetry,
+)
 from orchestrator.core.state import HistoryType, Kind, SagaStatus, StepStatus
-from orchestrator.definitions.model import OnFailure, StepKind
+from orchestrator.definitions.model import OnFailure, SagaDefinition, StepKind
 
 from .builders import Saga, backoff, definition, records, sends, step, types
 
@@ -341,3 +347,81 @@ def test_a_deadline_event_before_the_deadline_or_after_the_end_changes_nothing()
     assert saga.status() is SagaStatus.COMPLETED
     saga.advance(100)
     assert not saga.feed(DeadlinePassed()).changed
+
+
+# -- moving a saga to another version ---------------------------------------------------------
+
+
+def _versions() -> tuple[SagaDefinition, SagaDefinition]:
+    v1 = definition(step("a"), step("b"), step("c"))
+    v2 = v1.model_copy(update={"version": 2, "steps": (*v1.steps, step("d"))})
+    return v1, v2
+
+
+def test_a_running_saga_moves_to_a_version_its_steps_begin() -> None:
+    v1, v2 = _versions()
+    saga = Saga(v1, {})
+    saga.succeed("a")
+    decision = saga.feed(Migrate(v2, reason="d added"))
+    assert decision.refusal is None
+    assert saga.state.definition.version == 2
+    assert [s.status for s in saga.state.steps] == [
+        StepStatus.SUCCEEDED,
+        StepStatus.RUNNING,
+        StepStatus.PENDING,
+        StepStatus.PENDING,
+    ]
+    (migrated,) = records(decision)
+    assert migrated.type is H.MIGRATED
+    assert migrated.detail == {"from_version": 1, "to_version": 2, "reason": "d added"}
+    saga.succeed("b")
+    saga.succeed("c")
+    assert [s.step for s in sends(saga.last)] == ["d"]
+
+
+def test_a_version_that_does_not_begin_with_the_steps_run_is_refused() -> None:
+    v1, _ = _versions()
+    other = v1.model_copy(update={"version": 3, "steps": (step("x"), *v1.steps)})
+    saga = Saga(v1, {})
+    refused = saga.feed(Migrate(other))
+    assert refused.refusal == (
+        "version 3 does not begin with the steps saga saga-1 has run (a) but with (x); "
+        "map renamed steps with --map OLD=NEW, or leave the saga on its version"
+    )
+    assert not refused.changed
+
+
+def test_a_renamed_step_that_ran_keeps_its_idempotency_keys() -> None:
+    v1, _ = _versions()
+    renamed = v1.model_copy(update={"version": 2, "steps": (step("reserve"), *v1.steps[1:])})
+    saga = Saga(v1, {})
+    saga.succeed("a")
+    key_before = saga.state.action_key(0)
+    decision = saga.feed(Migrate(renamed, {"a": "reserve"}))
+    assert decision.refusal is None
+    assert saga.state.steps[0].name == "reserve"
+    assert saga.state.action_key(0) == key_before == "saga-1:a:action"
+    decision = saga.fail("b", retryable=False)
+    (command,) = sends(decision)
+    assert (command.step, command.idempotency_key) == ("reserve", "saga-1:a:compensation")
+
+
+def test_only_a_running_or_stopped_saga_moves_and_never_to_its_own_version() -> None:
+    v1, v2 = _versions()
+    saga = Saga(v1, {})
+    assert saga.feed(Migrate(v1)).refusal == "saga saga-1 is already on version 1"
+    saga.fail("a", retryable=False)
+    assert saga.status() is SagaStatus.COMPENSATED
+    refused = saga.feed(Migrate(v2)).refusal
+    assert refused is not None
+    assert "only a running saga, or one stopped going forward" in refused
+
+
+def test_a_step_added_to_the_group_under_way_is_sent_at_once() -> None:
+    v1 = definition(step("a", group=1), step("b", group=1), step("c"))
+    v2 = v1.model_copy(
+        update={"version": 2, "steps": (*v1.steps[:2], step("n", group=1), v1.steps[2])}
+    )
+    saga = Saga(v1, {})
+    decision = saga.feed(Migrate(v2))
+    assert [s.step for s in sends(decision)] == ["n"]

@@ -11,6 +11,7 @@ from orchestrator.definitions.model import (
     RetryPolicy,
     SagaDefinition,
     StepDefinition,
+    StepKind,
 )
 from orchestrator.operations import STUCK_GRACE, find_stuck, wait_budget
 from orchestrator.store import SagaRecord
@@ -26,6 +27,7 @@ DEFINITION = SagaDefinition(
             name="b",
             participant="p",
             command="do",
+            kind=StepKind.COMPENSATABLE,
             timeout=timedelta(seconds=10),
             retry=RetryPolicy(
                 max_attempts=3,
@@ -54,6 +56,14 @@ def test_budget_is_timeouts_times_attempts_plus_backoffs() -> None:
     step, budget = wait_budget(_record(SagaStatus.RUNNING, "b", timedelta()).state)
     assert step == "b"
     assert budget == timedelta(seconds=10 * 3 + 1 + 2)
+
+
+def test_a_retriable_step_may_wait_one_attempt_and_its_longest_backoff() -> None:
+    # Retried until it succeeds, it records every attempt: one attempt is the budget.
+    retriable = DEFINITION.steps[1].model_copy(update={"kind": StepKind.RETRIABLE})
+    definition = DEFINITION.model_copy(update={"steps": (DEFINITION.steps[0], retriable)})
+    state = replace(_record(SagaStatus.RUNNING, "b", timedelta()).state, definition=definition)
+    assert wait_budget(state) == ("b", timedelta(seconds=10 + 30))
 
 
 def test_idle_within_the_budget_and_grace_is_not_stuck() -> None:
