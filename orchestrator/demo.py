@@ -1,6 +1,7 @@
 """``make demo``: migrate an embedded SQLite store, start the orchestrator and the example
-participants, run one saga that completes and one that compensates, print both
-timelines, and stop everything it started.
+participants, run an order that completes, one that compensates and an express order (a
+parallel group, a pivot and a condition), print their timelines, and stop everything it
+started.
 
 It drives the product the way a user would: through the ``saga`` command line.
 """
@@ -67,7 +68,7 @@ def _start_saga(env: dict[str, str], title: str, name: str, payload: str) -> str
 
 
 def main() -> int:
-    """Run the demo; 0 when one saga completed and one compensated."""
+    """Run the demo; 0 when the two orders completed and the declined one compensated."""
     amqp_url = os.environ.get("SAGA_AMQP_URL", DEFAULT_AMQP_URL)
     if not _broker_reachable(amqp_url):
         print(
@@ -118,13 +119,29 @@ def main() -> int:
             "order_checkout",
             '{"order_id": "o-1002", "amount": 5000, "card_token": "tok-visa"}',
         )
-        for title, saga_id in (("completed", completed), ("compensated", compensated)):
+        express = _start_saga(
+            env,
+            "an express order: stock and card at once, then the confirmation and the courier",
+            "express_order",
+            '{"order_id": "o-1003", "amount": 80, "card_token": "tok-visa", "express": true}',
+        )
+        timelines = (
+            ("completed", completed),
+            ("compensated", compensated),
+            ("express (parallel group, pivot, condition)", express),
+        )
+        for title, saga_id in timelines:
             _banner(f"timeline of the {title} saga {saga_id}")
             print(_run(env, "history", saga_id).stdout, end="")
         states = [
-            _run(env, "status", saga_id, "--json").stdout for saga_id in (completed, compensated)
+            _run(env, "status", saga_id, "--json").stdout
+            for saga_id in (completed, compensated, express)
         ]
-        ok = '"state": "completed"' in states[0] and '"state": "compensated"' in states[1]
+        ok = (
+            '"state": "completed"' in states[0]
+            and '"state": "compensated"' in states[1]
+            and '"state": "completed"' in states[2]
+        )
     finally:
         _banner("stopping")
         for _name, process in processes:
@@ -138,7 +155,14 @@ def main() -> int:
                 process.kill()
                 code = process.wait()
             print(f"  {name:<14} exited with status {code}")
-    print("\ndemo: " + ("one saga completed, one compensated." if ok else "UNEXPECTED OUTCOME"))
+    print(
+        "\ndemo: "
+        + (
+            "two orders completed (one express), the declined one compensated."
+            if ok
+            else "UNEXPECTED OUTCOME"
+        )
+    )
     return 0 if ok else 1
 
 

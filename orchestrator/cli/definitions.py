@@ -14,6 +14,8 @@ from orchestrator.definitions import (
     definition_files,
     load_file,
 )
+from orchestrator.definitions.durations import format_duration
+from orchestrator.definitions.model import SagaDefinition
 
 __all__ = ["definitions", "validate"]
 
@@ -46,15 +48,30 @@ def validate(files: tuple[str, ...]) -> None:
     for item in loaded:
         if item.source not in failed:
             definition = item.definition
-            count = len(definition.steps)
-            steps = f"{count} step" if count == 1 else f"{count} steps"
-            click.echo(f"ok  {item.source}  {definition.name} v{definition.version} ({steps})")
+            click.echo(
+                f"ok  {item.source}  {definition.name} v{definition.version}"
+                f" ({_outline(definition)})"
+            )
     for problem in problems:
         click.echo(str(problem), err=True)
     if problems:
         # SystemExit, not ctx.exit: main() runs click with standalone_mode=False, where
         # ctx.exit's code is returned rather than used as the exit status.
         raise SystemExit(1)
+
+
+def _outline(definition: SagaDefinition) -> str:
+    """``4 steps, 1 parallel group, pivot confirm_order, deadline 2m``: what the file holds."""
+    count = len(definition.steps)
+    parts = [f"{count} step" if count == 1 else f"{count} steps"]
+    groups = len({step.group for step in definition.steps if step.group is not None})
+    if groups:
+        parts.append(f"{groups} parallel group" + ("s" if groups > 1 else ""))
+    if definition.pivot is not None:
+        parts.append(f"pivot {definition.steps[definition.pivot].name}")
+    if definition.deadline is not None:
+        parts.append(f"deadline {format_duration(definition.deadline)}")
+    return ", ".join(parts)
 
 
 def _expand(paths: tuple[str, ...], problems: list[DefinitionProblem]) -> list[str]:

@@ -22,10 +22,14 @@ def run(*args: str) -> tuple[int, str, str]:
 
 def test_valid_files_print_one_ok_line_each() -> None:
     code, out, err = run(
-        str(SAGAS / "order_checkout.yaml"), str(SAGAS / "profile_image_upload.yaml")
+        str(SAGAS / "express_order.yaml"),
+        str(SAGAS / "order_checkout.yaml"),
+        str(SAGAS / "profile_image_upload.yaml"),
     )
     assert (code, err) == (0, "")
     assert out.splitlines() == [
+        f"ok  {SAGAS / 'express_order.yaml'}  express_order v1"
+        " (4 steps, 1 parallel group, pivot confirm_order, deadline 2m)",
         f"ok  {SAGAS / 'order_checkout.yaml'}  order_checkout v1 (3 steps)",
         f"ok  {SAGAS / 'profile_image_upload.yaml'}  profile_image_upload v1 (3 steps)",
     ]
@@ -34,7 +38,7 @@ def test_valid_files_print_one_ok_line_each() -> None:
 def test_a_folder_stands_for_its_definition_files() -> None:
     code, out, _ = run(str(SAGAS), str(SAGAS / "order_checkout.yaml"))
     assert code == 0
-    assert len(out.splitlines()) == 2  # the file named twice is checked once
+    assert len(out.splitlines()) == 3  # the file named twice is checked once
 
 
 def test_errors_go_to_stderr_with_exit_1(tmp_path: Path) -> None:

@@ -123,7 +123,7 @@ def test_missing_folder(tmp_path: Path) -> None:
 
 def test_shipped_folder_loads() -> None:
     registry = DefinitionRegistry.load_dir(SAGAS)
-    assert registry.names() == ("order_checkout", "profile_image_upload")
+    assert registry.names() == ("express_order", "order_checkout", "profile_image_upload")
     assert registry.participants() == {
         "inventory",
         "payments",
