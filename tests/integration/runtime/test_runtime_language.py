@@ -3,6 +3,7 @@ pivot with a retriable step after it, and the saga's deadline."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -63,6 +64,16 @@ steps:
 """
 
 
+CAREFUL_TRIP_YAML = (
+    TRIP_YAML.replace("name: trip", "name: careful_trip")
+    .replace("      - name: flight\n", "      - name: flight\n        on_failure: fail\n")
+    .replace(
+        "    compensation:\n      command: undo\n  - parallel:",
+        "    retry: {never: [flaky]}\n    compensation:\n      command: undo\n  - parallel:",
+    )
+)
+
+
 def _trip(nights: int = 1, **behaviours: dict[str, Any]) -> dict[str, Any]:
     slots = ("hold", "flight", "hotel", "notify")
     return {"nights": nights, **{slot: behaviours.get(slot, {}) for slot in slots}}
@@ -82,6 +93,7 @@ async def rig(
     # The same saga with a deadline a slow first attempt of flight outlasts.
     hurried = TRIP_YAML.replace("name: trip", "name: hurried_trip").replace("60s", "1500ms")
     (rig.definitions_dir / "hurried_trip.yaml").write_text(hurried)
+    (rig.definitions_dir / "careful_trip.yaml").write_text(CAREFUL_TRIP_YAML)
     try:
         await rig.start_orchestrator()
         await rig.start_participants()
@@ -213,3 +225,34 @@ async def test_a_stopped_saga_moves_to_a_new_version_and_finishes_on_it(
     assert record.state.status is SagaStatus.COMPLETED
     assert [s.name for s in record.state.steps][-2:] == ["mail", "receipt"]
     assert ("migrated", None) in await _history(rig, saga_id)
+
+
+async def test_on_failure_fail_stops_for_a_person_who_compensates_and_never_skips_retries(
+    rig: Rig,
+) -> None:
+    # careful_trip: hold never retries code 'flaky'; flight stops the saga for a person.
+    flaky, stopped = await rig.start(
+        [_trip(hold={"fail_times": 1}), _trip(flight={"fail": "permanent"})], saga="careful_trip"
+    )
+    records = await rig.wait_terminal([flaky, stopped])
+    first = records[flaky].state
+    assert first.status is SagaStatus.COMPENSATED
+    assert first.steps[0].attempts == 1, "a 'flaky' failure is never retried here"
+    assert records[stopped].state.status is SagaStatus.FAILED
+    store = await rig.reader()
+    why = [e.detail.get("why") for e in await store.history(stopped) if e.type == "failed"]
+    assert why == ["step 'flight' has on_failure: fail"]
+    for _ in range(600):  # hotel, in flight beside flight, is awaited: wait for its reply
+        current = await store.get(stopped)
+        if current is not None and current.state.steps[2].status is StepStatus.SUCCEEDED:
+            break
+        await asyncio.sleep(0.05)
+    else:
+        raise AssertionError("hotel never succeeded")
+    aborted = await saga(rig, "abort", stopped, "--reason", "refund the customer")
+    assert aborted.code == 0, aborted.err
+    assert "failed -> compensating" in aborted.out
+    record = (await rig.wait_terminal([stopped]))[stopped]
+    assert record.state.status is SagaStatus.COMPENSATED
+    undone = [s for s, kind in await _effects(rig, stopped) if kind == "compensation"]
+    assert sorted(undone) == ["hold", "hotel"]
