@@ -48,7 +48,7 @@ $(VENV)/.bench-installed: $(STAMP)
 # The standard saga workload on this product, the floor, DBOS and Celery (bench/), sized
 # to finish in under ten minutes; BENCH_ARGS= (empty) runs python -m bench's defaults
 # (N=2000, C=100 and 10), or pass options, e.g. make bench BENCH_ARGS='--runs 5'.
-BENCH_ARGS ?= --sagas 600 --concurrency 100
+BENCH_ARGS ?= --sagas 400 --concurrency 100
 bench: $(VENV)/.bench-installed
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
