@@ -295,15 +295,7 @@ class _Run:
                     "not attempted again: the saga stopped going forward",
                     step=step.name,
                 )
-                cancelled = replace(
-                    step,
-                    status=StepStatus.FAILED,
-                    error=error,
-                    effect_possible=True,
-                    deadline=None,
-                    finished=self.next_finished(),
-                )
-                self.set_step(index, cancelled)
+                self.set_step(index, self.failed(step, error, effect_possible=True))
                 self.record(HistoryType.STEP_FAILED, step.name, step.attempts, error.to_json())
 
     def resume(self) -> None:
@@ -321,6 +313,18 @@ class _Run:
             self.advance(index)
             return
         self.complete()
+
+    def failed(self, step: StepState, error: ErrorInfo, *, effect_possible: bool) -> StepState:
+        """``step`` failed for good with ``error``; ``effect_possible`` when its action may
+        have taken effect unseen (then it is compensated too)."""
+        return replace(
+            step,
+            status=StepStatus.FAILED,
+            error=error,
+            effect_possible=step.effect_possible or effect_possible,
+            deadline=None,
+            finished=self.next_finished(),
+        )
 
     def next_finished(self) -> int:
         """The place of the step finishing now in the order steps finished."""
@@ -572,13 +576,9 @@ class _Run:
         # runs. A retryable one is not: the attempt's command redelivered, or an earlier
         # attempt's still queued, may yet run. Like a last timeout, its outcome is unknown,
         # so the step is compensated (and the compensation cancels the key if it never ran).
-        failed = replace(
-            self.state.steps[index],
-            status=StepStatus.FAILED,
-            effect_possible=self.state.steps[index].effect_possible or error.retryable,
-            finished=self.next_finished(),
+        self.set_step(
+            index, self.failed(self.state.steps[index], error, effect_possible=error.retryable)
         )
-        self.set_step(index, failed)
         self.fail_for_good(error, index)
 
     def may_retry(self, index: int, code: str, attempt: int) -> bool:
@@ -638,15 +638,7 @@ class _Run:
             return
         message = f"{timeout} after {current} attempt{'s' if current > 1 else ''}"
         error = ErrorInfo("timeout", message, retryable=False, step=step.name)
-        failed = replace(
-            step,
-            status=StepStatus.FAILED,
-            error=error,
-            effect_possible=True,
-            deadline=None,
-            finished=self.next_finished(),
-        )
-        self.set_step(index, failed)
+        self.set_step(index, self.failed(step, error, effect_possible=True))
         self.fail_for_good(error, index)
 
     def on_operator_retry(self, event: OperatorRetry) -> None:
@@ -751,15 +743,8 @@ class _Run:
         good, and compensated if it was sent."""
         for index, step in enumerate(self.state.steps):
             if step.status is StepStatus.RUNNING:
-                given_up = replace(
-                    step,
-                    status=StepStatus.FAILED,
-                    error=error_for(step.name),
-                    effect_possible=step.attempts > 0,
-                    deadline=None,
-                    finished=self.next_finished(),
-                )
-                self.set_step(index, given_up)
+                error = error_for(step.name)
+                self.set_step(index, self.failed(step, error, effect_possible=step.attempts > 0))
 
     def on_deadline(self, event: DeadlinePassed) -> None:
         """The saga's deadline passed while it ran: compensate, or past the pivot, stop."""
