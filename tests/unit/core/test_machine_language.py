@@ -425,3 +425,21 @@ def test_a_step_added_to_the_group_under_way_is_sent_at_once() -> None:
     saga = Saga(v1, {})
     decision = saga.feed(Migrate(v2))
     assert [s.step for s in sends(decision)] == ["n"]
+
+
+def test_when_the_step_a_saga_stopped_on_succeeds_late_another_failure_decides() -> None:
+    saga = Saga(
+        definition(
+            step("a"),
+            step("b", group=1, on_failure=OnFailure.FAIL, max_attempts=1),
+            step("c", group=1, max_attempts=1),
+        ),
+        {},
+    )
+    saga.succeed("a")
+    saga.fire("b")  # b timed out for good: its on_failure stops the saga
+    assert saga.status() is SagaStatus.FAILED
+    saga.fail("c", retryable=False)  # awaited, then failed: still the operator's call
+    decision = saga.succeed("b", attempt=1)  # b did succeed: c's failure now compensates
+    assert saga.status() is SagaStatus.COMPENSATING
+    assert [(s.step, s.kind) for s in sends(decision)] == [("b", Kind.COMPENSATION)]
