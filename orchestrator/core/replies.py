@@ -42,15 +42,7 @@ class ReplyMoves(Run):
             self.ignore(reply, "the reply is for an earlier idempotency key of this step")
             return
         if step.status is StepStatus.RUNNING and 1 <= reply.attempt <= step.attempts:
-            done = replace(
-                step,
-                status=StepStatus.SUCCEEDED,
-                result=reply.result,
-                error=None,
-                deadline=None,
-                finished=self.next_finished(),
-            )
-            self.set_step(index, done)
+            self.set_step(index, self.succeeded(step, reply.result))
             self.record(HistoryType.STEP_SUCCEEDED, step.name, reply.attempt)
             if self.state.status is SagaStatus.RUNNING:
                 self.advance(index)
@@ -68,15 +60,7 @@ class ReplyMoves(Run):
     def resume_after_late_success(self, index: int, step: StepState, reply: ReplySucceeded) -> None:
         """The saga stopped on this step for an operator, and the step did succeed after
         all: nothing is left to decide, so it goes on."""
-        done = replace(
-            step,
-            status=StepStatus.SUCCEEDED,
-            result=reply.result,
-            error=None,
-            deadline=None,
-            finished=self.next_finished(),
-        )
-        self.set_step(index, done)
+        self.set_step(index, self.succeeded(step, reply.result))
         self.record(HistoryType.STEP_SUCCEEDED, step.name, reply.attempt, {"late": True})
         failed = [i for i, s in enumerate(self.state.steps) if s.status is StepStatus.FAILED]
         if not failed:

@@ -260,6 +260,17 @@ class Run:
             return
         self.complete()
 
+    def succeeded(self, step: StepState, result: JSON) -> StepState:
+        """``step`` succeeded with ``result`` (its place in the finishing order taken now)."""
+        return replace(
+            step,
+            status=StepStatus.SUCCEEDED,
+            result=result,
+            error=None,
+            deadline=None,
+            finished=self.next_finished(),
+        )
+
     def failed(self, step: StepState, error: ErrorInfo, *, effect_possible: bool) -> StepState:
         """``step`` failed for good with ``error``; ``effect_possible`` when its action may
         have taken effect unseen (then it is compensated too)."""
