@@ -87,13 +87,28 @@ class Ours:
             endpoints = Endpoints(postgres_base=services.postgres_dsn.rsplit("/", 1)[0])
             template = await seeded.ensure_template(endpoints, self._seeded, SAGA_YAML, workdir)
             await seeded.copy_into(endpoints, template, services.database)
-        await asyncio.to_thread(proc.run, ["-m", "orchestrator", "db", "upgrade"], env=env, log=log)
+        # The participant starts while the orchestrator's schema is migrated (its tables are
+        # its own), and the orchestrators once it is; a failure stops what did start.
+        try:
+            await asyncio.gather(
+                self._start_participant(env, log), self._start_orchestrators(env, log)
+            )
+        except BaseException:
+            await self.stop()
+            raise
+        self._client = AmqpTransport(services.amqp_url, name="bench-client")
+        await self._client.connect()
+
+    async def _start_participant(self, env: dict[str, str], log: Path) -> None:
         self._participant = await proc.start(
             ["-m", "orchestrator", "participant", "run", "bench.ours_app:app"],
             env=env,
             log=log,
             ready="participant bench running",
         )
+
+    async def _start_orchestrators(self, env: dict[str, str], log: Path) -> None:
+        await asyncio.to_thread(proc.run, ["-m", "orchestrator", "db", "upgrade"], env=env, log=log)
         for _ in range(self._count):
             orchestrator = await proc.start(
                 ["-m", "orchestrator", "orchestrator", "run"],
@@ -102,8 +117,6 @@ class Ours:
                 ready="orchestrator running:",
             )
             self._orchestrators.append(orchestrator)
-        self._client = AmqpTransport(services.amqp_url, name="bench-client")
-        await self._client.connect()
 
     async def begin(self, sagas: Sequence[tuple[str, bool]]) -> None:
         assert self._client is not None

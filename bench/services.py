@@ -4,10 +4,14 @@ PostgreSQL database, plus the broker's and the database's own counters."""
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import subprocess
+import time
 from dataclasses import dataclass
 
+import aio_pika
+import aio_pika.exceptions
 import asyncpg
 
 from bench.system import Services
@@ -29,10 +33,15 @@ class Endpoints:
         return f"{self.postgres_base}/postgres"
 
 
-def _rabbitmqctl(*args: str) -> str:
+def _rabbitmqctl(*args: str, stdin: str | None = None) -> str:
     try:
         done = subprocess.run(
-            ["rabbitmqctl", "-q", *args], capture_output=True, text=True, timeout=60, check=False
+            ["rabbitmqctl", "-q", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            input=stdin,
         )
     except FileNotFoundError as exc:
         raise ServiceError(
@@ -43,20 +52,37 @@ def _rabbitmqctl(*args: str) -> str:
     return done.stdout
 
 
+_DROPPED: set[str] = set()
+"""Vhosts this process deleted itself: no need to ask the broker whether they exist."""
+
+
 async def fresh_vhost(name: str) -> None:
-    """Delete the vhost if it exists, create it empty, let guest use it."""
+    """Delete the vhost if it exists, create it empty, let guest use it.
+
+    Every ``rabbitmqctl`` call takes a second or two (the CLI starts an Erlang node), so a
+    run makes as few as it can: the vhost and its permissions in one definitions import,
+    and the question whether it exists (left by a run that was killed) asked only the
+    first time this process uses the name."""
     await asyncio.to_thread(_fresh_vhost, name)
 
 
 def _fresh_vhost(name: str) -> None:
-    if name in _rabbitmqctl("list_vhosts", "name").split():
+    if name not in _DROPPED and name in _rabbitmqctl("list_vhosts", "name").split():
         _rabbitmqctl("delete_vhost", name)
-    _rabbitmqctl("add_vhost", name)
-    _rabbitmqctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
+    _DROPPED.discard(name)
+    definitions = {
+        "vhosts": [{"name": name}],
+        "permissions": [
+            {"user": "guest", "vhost": name, "configure": ".*", "write": ".*", "read": ".*"}
+        ],
+    }
+    # From standard input: a file would have to be readable by the broker's own user.
+    _rabbitmqctl("import_definitions", stdin=json.dumps(definitions))
 
 
 async def drop_vhost(name: str) -> None:
     await asyncio.to_thread(_rabbitmqctl, "delete_vhost", name)
+    _DROPPED.add(name)
 
 
 async def fresh_database(endpoints: Endpoints, name: str, template: str | None = None) -> None:
@@ -78,10 +104,26 @@ async def drop_database(endpoints: Endpoints, name: str) -> None:
         await connection.close()
 
 
+async def _usable(amqp_url: str, within: float = 10.0) -> None:
+    """Return once guest can connect to the vhost (the CLI calls its import asynchronous)."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            connection = await aio_pika.connect(amqp_url)
+        except (OSError, aio_pika.exceptions.AMQPError) as exc:
+            if time.monotonic() > deadline:
+                raise ServiceError(f"the new vhost is not usable after {within:g}s: {exc}") from exc
+            await asyncio.sleep(0.05)
+        else:
+            await connection.close()
+            return
+
+
 async def prepare(endpoints: Endpoints, label: str, workdir: str) -> Services:
     """A fresh vhost and database named ``bench_<label>``."""
     name = "bench_" + re.sub(r"[^a-z0-9]+", "_", label.lower()).strip("_")
     await asyncio.gather(fresh_vhost(name), fresh_database(endpoints, name))
+    await _usable(f"{endpoints.amqp_base}/{name}")
     return Services(
         amqp_url=f"{endpoints.amqp_base}/{name}",
         database=name,

@@ -32,6 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from orchestrator.core.effects import Record
 from orchestrator.core.state import StepState
+from orchestrator.definitions.model import SagaDefinition
 from orchestrator.store import NewSaga, OutboxMessage, SagaRecord, Snapshot, Transition
 from orchestrator.stores import mapping
 from orchestrator.stores.tables import history, instances, processed_messages, steps
@@ -186,6 +187,22 @@ def _json(value: Any) -> str | None:
     return None if value is None else json.dumps(value)
 
 
+_DEFINITION_TEXT: dict[int, tuple[SagaDefinition, str]] = {}
+"""Definitions' JSON by object id (each entry holds its definition, so the id stays its own):
+every saga started from a definition stores the same snapshot, dumped once."""
+
+
+def _definition_json(definition: SagaDefinition) -> str:
+    entry = _DEFINITION_TEXT.get(id(definition))
+    if entry is not None and entry[0] is definition:
+        return entry[1]
+    text = json.dumps(definition.model_dump(mode="json"))
+    if len(_DEFINITION_TEXT) >= 64:  # definitions reloaded many times: start afresh
+        _DEFINITION_TEXT.clear()
+    _DEFINITION_TEXT[id(definition)] = (definition, text)
+    return text
+
+
 def _columns(
     prefix: str, rows: Sequence[Mapping[str, Any]], columns: Sequence[tuple[str, str]]
 ) -> dict[str, list[Any]]:
@@ -277,7 +294,7 @@ async def create(connection: AsyncConnection, saga: NewSaga) -> list[int] | None
         "name": state.definition.name,
         "definition_version": state.definition.version,
         "state": state.status.value,
-        "definition": _json(state.definition.model_dump(mode="json")),
+        "definition": _definition_json(state.definition),
         "input": _json(state.input),
         "output": _json(state.output),
         "error": _json(mapping.error_to_json(state.error)),

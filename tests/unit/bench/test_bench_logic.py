@@ -10,9 +10,9 @@ import pytest
 from rich.console import Console
 
 from bench import procstat, soak
-from bench.__main__ import SYSTEMS, _parser, plan, summarise
+from bench.__main__ import SUCCESS_ONLY_BY_DEFAULT, SYSTEMS, Plan, _parser, plan, summarise
 from bench.floor import Floor
-from bench.runner import RunResult, _percentile
+from bench.runner import RunResult, Workload, _percentile
 
 
 def _run(system: str, rate: float, cpu: float, p99: float = 100.0) -> RunResult:
@@ -84,6 +84,16 @@ def test_the_default_plan_runs_both_variants_then_the_lower_concurrency() -> Non
         "success, N=2000, C=10",
     ]
     assert (matrix.systems, matrix.runs) == (["floor", "ours"], 3)
+
+
+def test_sqlite_runs_both_variants_only_when_named() -> None:
+    parser = _parser()
+    named = plan(parser.parse_args(["--systems", "floor,ours-sqlite"]), parser)
+    assert [named.systems_for(w) for w in named.workloads[:2]] == [["floor", "ours-sqlite"]] * 2
+    success, compensation = Workload(10, 5, fail=False), Workload(10, 5, fail=True)
+    default = Plan([success, compensation], ["floor", "ours-sqlite"], 3, SUCCESS_ONLY_BY_DEFAULT)
+    assert default.systems_for(success) == ["floor", "ours-sqlite"]
+    assert default.systems_for(compensation) == ["floor"]
 
 
 def test_cpu_seconds_grow_with_work_and_count_the_process_itself() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from types import SimpleNamespace
@@ -34,7 +35,7 @@ from orchestrator.store import (
     StoreError,
     StoreUnavailable,
 )
-from orchestrator.stores import mapping
+from orchestrator.stores import mapping, postgres
 from orchestrator.stores.engine import mask_url, parse_url
 from orchestrator.stores.errors import BadDatabaseUrl, InvalidValue, translate
 from orchestrator.stores.tables import UtcDateTime
@@ -241,3 +242,16 @@ def test_driver_errors_become_store_errors(exc: Exception, kind: type, text: str
     assert type(translated) is kind
     assert text in str(translated)
     assert "db" in str(translated)
+
+
+def test_a_definitions_json_is_dumped_once_per_object_and_always_its_own() -> None:
+    first, second = _definition(), _definition()
+    text = postgres._definition_json(first)
+    assert json.loads(text) == first.model_dump(mode="json")
+    assert postgres._definition_json(first) is text
+    other = postgres._definition_json(second)
+    assert other == text
+    assert other is not text
+    for _ in range(70):  # many reloads: the cache starts afresh, and stays right
+        assert json.loads(postgres._definition_json(_definition())) == json.loads(text)
+    assert len(postgres._DEFINITION_TEXT) <= 64
