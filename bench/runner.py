@@ -131,7 +131,7 @@ async def measure(
                         within=120,
                     )
                     commits_before = await services.write_transactions(db)
-                    roles = _roles(system)
+                    roles = process_roles(system)
                     meter = procstat.CpuMeter()
                     meter.start(roles)
                     began = time.time()
@@ -144,7 +144,7 @@ async def measure(
                         workload.fail,
                         within=max(120.0, workload.sagas / 5),
                     )
-                    cpu = meter.stop(_roles(system))
+                    cpu = meter.stop(process_roles(system))
                     commits = await services.write_transactions(db) - commits_before - 1
                     messages = await asyncio.to_thread(services.broker_messages_received)
                     finished_at = max(ended.values())
@@ -173,7 +173,7 @@ async def measure(
     )
 
 
-def _roles(system: System) -> dict[str, list[int]]:
+def process_roles(system: System) -> dict[str, list[int]]:
     roles = dict(system.processes().roles)
     roles["postgresql"] = procstat.named("postgres")
     roles["rabbitmq"] = procstat.named("beam.smp")

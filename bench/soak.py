@@ -29,7 +29,7 @@ from rich.table import Table
 
 from bench import procstat, services
 from bench.ours import Ours
-from bench.runner import RunFailed, drive
+from bench.runner import RunFailed, drive, process_roles
 
 TABLES = (
     "saga_instances",
@@ -67,6 +67,8 @@ async def soak(args: argparse.Namespace, console: Console) -> list[dict[str, Any
                 while done < args.sagas:
                     chunk = min(args.every, args.sagas - done)
                     chunk_began = time.monotonic()
+                    meter = procstat.CpuMeter()
+                    meter.start(process_roles(system))
                     await drive(
                         system,
                         db,
@@ -77,15 +79,20 @@ async def soak(args: argparse.Namespace, console: Console) -> list[dict[str, Any
                         within=max(300.0, chunk / 5),
                     )
                     done += chunk
+                    spent = meter.stop(process_roles(system))
                     point = {
                         "sagas": done,
                         "seconds": round(time.monotonic() - began),
                         "sagas_per_second": chunk / (time.monotonic() - chunk_began),
+                        "cpu_ms_per_saga": {
+                            role: seconds * 1000 / chunk for role, seconds in spent.items()
+                        },
                         **await sample(db, system),
                     }
                     samples.append(point)
                     console.print(
                         f"{done:>8,} sagas  {point['sagas_per_second']:6.1f}/s  "
+                        f"CPU {sum(point['cpu_ms_per_saga'].values()):5.1f} ms/saga  "
                         + "  ".join(f"{name} {count:,}" for name, count in point["rows"].items())
                         + "  RSS "
                         + "/".join(f"{mb:.0f}" for mb in point["rss_mb"].values())
@@ -103,6 +110,7 @@ def table(samples: Sequence[dict[str, Any]]) -> Table:
     out = Table(title="rows and resident memory as the run goes on", title_justify="left")
     out.add_column("sagas", justify="right")
     out.add_column("sagas/s", justify="right")
+    out.add_column("CPU ms/saga", justify="right")
     for name in TABLES:
         out.add_column(name, justify="right")
     out.add_column("RSS MB orch/part", justify="right")
@@ -110,6 +118,7 @@ def table(samples: Sequence[dict[str, Any]]) -> Table:
         out.add_row(
             f"{point['sagas']:,}",
             f"{point['sagas_per_second']:.0f}",
+            f"{sum(point.get('cpu_ms_per_saga', {}).values()):.1f}",
             *(f"{point['rows'][name]:,}" for name in TABLES),
             "/".join(f"{mb:.0f}" for mb in point["rss_mb"].values()),
         )

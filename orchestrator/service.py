@@ -77,6 +77,8 @@ class OrchestratorService:
         if self.settings.reply_senders is not None:
             self.settings.reply_senders.require(self.registry.participants())
         await self.store.check_schema()
+        for warning in await self.store.maintenance_warnings():
+            log.warning("%s", warning)
         topology = orchestrator_topology(self.registry.participants())
         await self.transport.declare(topology)
         self._background = [

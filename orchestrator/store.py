@@ -269,6 +269,10 @@ class Store(Protocol):
         """:class:`SchemaNotReady` unless the database is at the newest migration."""
         ...
 
+    async def maintenance_warnings(self) -> list[str]:
+        """What the database's settings will cost over time (autovacuum off), for the log."""
+        ...
+
     async def close(self) -> None:
         """Release the connection pool."""
         ...

@@ -35,7 +35,7 @@ from orchestrator.logs import saga_log_context
 from orchestrator.pruning import PruneLoop
 from orchestrator.settings import duration, positive_int
 from orchestrator.store import StoreUnavailable
-from orchestrator.stores.engine import DEFAULT_POOL_SIZE
+from orchestrator.stores.engine import DEFAULT_POOL_SIZE, autovacuum_warning
 from orchestrator.stores.errors import translate
 from orchestrator.telemetry.identity import trace_id_of
 from orchestrator.telemetry.setup import Telemetry
@@ -196,6 +196,11 @@ class ParticipantService:
                     metadata = self.participant.metadata
                     async with self.engine.begin() as conn:
                         await conn.run_sync(metadata.create_all, checkfirst=True)
+                warning = await autovacuum_warning(
+                    self.engine, "the saga_inbox table", "the participant database"
+                )
+                if warning is not None:
+                    log.warning("%s", warning)
                 return
             except (sa_exc.IntegrityError, sa_exc.ProgrammingError) as exc:
                 if attempt == 3:

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.exc import ArgumentError, DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -179,3 +179,20 @@ def _sqlite_begin(connection: Connection) -> None:
     if mode not in _BEGIN_MODES:
         raise ValueError(f"unknown SQLite BEGIN mode {mode!r}")
     connection.exec_driver_sql(f"BEGIN {mode}")
+
+
+async def autovacuum_warning(engine: AsyncEngine, tables: str, where: str) -> str | None:
+    """A sentence for the log when PostgreSQL's autovacuum is off (None otherwise, and on
+    SQLite). ``tables`` names the tables this process fills and prunes: their deleted rows
+    are only ever reclaimed by a vacuum."""
+    if engine.dialect.name != "postgresql":
+        return None
+    async with engine.connect() as connection:
+        setting = await connection.scalar(text("SELECT current_setting('autovacuum')"))
+    if setting != "off":
+        return None
+    return (
+        f"PostgreSQL's autovacuum is off at {where}: {tables} take rows in and prune them,"
+        " and without a vacuum their files and indexes grow without end and every query"
+        " on them slows down; turn autovacuum on, or VACUUM them on a schedule"
+    )

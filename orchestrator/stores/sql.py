@@ -33,7 +33,12 @@ from orchestrator.store import (
     Transition,
 )
 from orchestrator.stores import mapping, postgres
-from orchestrator.stores.engine import BEGIN_OPTION, create_engine, mask_url
+from orchestrator.stores.engine import (
+    BEGIN_OPTION,
+    autovacuum_warning,
+    create_engine,
+    mask_url,
+)
 from orchestrator.stores.errors import is_unique_violation, translate
 from orchestrator.stores.recent import RecentSagas
 from orchestrator.stores.tables import history, instances, outbox, processed_messages
@@ -356,6 +361,16 @@ class SqlStore:
             f"the database at {self._where} is at revision {', '.join(heads)}, not {head}:"
             " run `saga db upgrade` (or upgrade the orchestrator if the database is newer)"
         )
+
+    async def maintenance_warnings(self) -> list[str]:
+        """What the database's settings will cost over time (autovacuum off), for the log."""
+        try:
+            warning = await autovacuum_warning(
+                self._engine, "the outbox and processed_messages tables", self._where
+            )
+        except (sa_exc.SQLAlchemyError, OSError) as exc:
+            raise translate(exc, self._where) from exc
+        return [] if warning is None else [warning]
 
     async def close(self) -> None:
         """Release the connection pool."""

@@ -200,3 +200,24 @@ async def test_the_store_says_when_the_database_cannot_be_reached(tmp_path: Path
 async def test_migration_functions_refuse_to_block_the_event_loop(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match=r"asyncio\.to_thread"):
         migrations.upgrade(f"sqlite+aiosqlite:///{tmp_path / 'saga.db'}")
+
+
+async def test_the_store_warns_when_autovacuum_would_never_reclaim_pruned_rows(
+    migrated_store: SqlStore,
+) -> None:
+    warnings = await migrated_store.maintenance_warnings()
+    if migrated_store.url.startswith("sqlite"):
+        assert warnings == []
+        return
+    engine = create_engine(migrated_store.url)
+    try:
+        async with engine.connect() as connection:
+            setting = await connection.scalar(sa.text("SHOW autovacuum"))
+    finally:
+        await engine.dispose()
+    if setting == "on":
+        assert warnings == []
+    else:
+        [warning] = warnings
+        assert warning.startswith(f"PostgreSQL's autovacuum is off at {migrated_store.url}:")
+        assert "the outbox and processed_messages tables" in warning

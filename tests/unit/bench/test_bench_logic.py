@@ -125,9 +125,15 @@ def test_the_soak_table_shows_every_sampled_table_and_memory() -> None:
     assert procstat.rss_mb(os.getpid()) > 1
     assert procstat.rss_mb(2**22 + 12345) == 0.0
     rows = {name: 1000 * (index + 1) for index, name in enumerate(soak.TABLES)}
-    point = {"sagas": 10_000, "sagas_per_second": 97.4, "rows": rows, "rss_mb": {"o": 80.2}}
+    point = {
+        "sagas": 10_000,
+        "sagas_per_second": 97.4,
+        "cpu_ms_per_saga": {"orchestrator": 10.25, "postgresql": 3.0},
+        "rows": rows,
+        "rss_mb": {"o": 80.2},
+    }
     console = Console(width=200, record=True)
     console.print(soak.table([point]))
     text = console.export_text()
-    for shown in ("10,000", "97", "80", "5,000", *soak.TABLES):
+    for shown in ("10,000", "97", "13.2", "80", "5,000", *soak.TABLES):
         assert shown in text
