@@ -276,6 +276,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, services.ServiceError) as exc:
         console.print(f"[red]cannot reach the services: {exc}[/red]")
         return 2
+    try:
+        with services.one_run_at_a_time():
+            return _run_and_report(args, matrix, endpoints, console, info)
+    except services.ServiceError as exc:  # the lock, or a service failing mid-run
+        console.print(f"[red]{exc}[/red]")
+        return 2
+
+
+def _run_and_report(
+    args: argparse.Namespace,
+    matrix: Plan,
+    endpoints: services.Endpoints,
+    console: Console,
+    info: dict[str, Any],
+) -> int:
     pairs = sum(len(matrix.systems_for(workload)) for workload in matrix.workloads)
     console.print(
         f"{len(matrix.workloads)} workloads × {len(matrix.systems)} systems × {matrix.runs} runs"

@@ -4,11 +4,18 @@ PostgreSQL database, plus the broker's and the database's own counters."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import json
+import os
 import re
 import subprocess
+import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
 
 import aio_pika
 import aio_pika.exceptions
@@ -31,6 +38,38 @@ class Endpoints:
     @property
     def admin_dsn(self) -> str:
         return f"{self.postgres_base}/postgres"
+
+
+RUN_LOCK = Path(tempfile.gettempdir()) / "saga-bench.lock"
+
+
+@contextlib.contextmanager
+def one_run_at_a_time(lock: Path = RUN_LOCK) -> Iterator[None]:
+    """Hold the machine's benchmark lock for the whole run; :class:`ServiceError` if another
+    run holds it.
+
+    Two runs at once would share the broker's vhosts and the database's names, and each
+    would measure the other's load. The lock is the kernel's, so a run that dies releases
+    it; the file only says who holds it."""
+    with open(lock, "a+", encoding="utf-8") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise ServiceError(
+                f"another benchmark is running on this machine ({holder}): runs share the"
+                f" broker and the database and measure the whole machine; wait for it to end"
+                f" (lock file {lock})"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"process {os.getpid()}, since {datetime.now(UTC):%H:%M:%S} UTC")
+        handle.flush()
+        try:
+            yield
+        finally:
+            handle.truncate(0)
 
 
 def _rabbitmqctl(*args: str, stdin: str | None = None) -> str:

@@ -146,7 +146,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--sagas, --concurrency, --every and --retention must be at least 1")
     console = Console(width=max(Console().width, 160))
     try:
-        samples = asyncio.run(soak(args, console))
+        with services.one_run_at_a_time():
+            samples = asyncio.run(soak(args, console))
     except (RunFailed, services.ServiceError, OSError) as exc:
         console.print(f"[red]{exc}[/red]")
         return 1

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 import pytest
 from rich.console import Console
 
-from bench import procstat, soak
+from bench import procstat, services, soak
 from bench.__main__ import SUCCESS_ONLY_BY_DEFAULT, SYSTEMS, Plan, _parser, plan, summarise
 from bench.floor import Floor
 from bench.runner import RunResult, Workload, _percentile
@@ -137,3 +138,16 @@ def test_the_soak_table_shows_every_sampled_table_and_memory() -> None:
     text = console.export_text()
     for shown in ("10,000", "97", "13.2", "80", "5,000", *soak.TABLES):
         assert shown in text
+
+
+def test_a_second_benchmark_on_the_same_machine_is_refused_while_the_first_runs(
+    tmp_path: Path,
+) -> None:
+    lock = tmp_path / "bench.lock"
+    with services.one_run_at_a_time(lock):
+        with pytest.raises(services.ServiceError) as refused, services.one_run_at_a_time(lock):
+            pass  # pragma: no cover
+        assert f"process {os.getpid()}" in str(refused.value)
+        assert "wait for it to end" in str(refused.value)
+    with services.one_run_at_a_time(lock):  # released when the first run ends
+        pass
