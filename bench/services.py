@@ -51,7 +51,11 @@ def one_run_at_a_time(lock: Path = RUN_LOCK) -> Iterator[None]:
     Two runs at once would share the broker's vhosts and the database's names, and each
     would measure the other's load. The lock is the kernel's, so a run that dies releases
     it; the file only says who holds it."""
-    with open(lock, "a+", encoding="utf-8") as handle:
+    try:
+        handle = open(lock, "a+", encoding="utf-8")  # noqa: SIM115 (closed by the with below)
+    except OSError as exc:
+        raise ServiceError(f"cannot open the benchmark lock file {lock}: {exc}") from exc
+    with handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
