@@ -27,6 +27,7 @@ from orchestrator import crashpoints
 from orchestrator.core.effects import Record, SendCommand
 from orchestrator.core.events import DeadlinePassed, Event, ReplyFailed, ReplySucceeded, TimerFired
 from orchestrator.core.machine import Decision, decide, start
+from orchestrator.core.replies import expects_reply
 from orchestrator.core.state import Kind, SagaState
 from orchestrator.definitions.errors import UnknownDefinition
 from orchestrator.definitions.model import SagaDefinition
@@ -251,7 +252,11 @@ class Engine:
             )
         inbox = (REPLY_CONSUMER, reply.message_id)
         now = self.clock()
-        snapshot = await self.store.snapshot(reply.saga_id, inbox=inbox)
+        snapshot = await self.store.snapshot(
+            reply.saga_id,
+            inbox=inbox,
+            expects=lambda state: expects_reply(state, reply.step, kind, reply.attempt),
+        )
         record = snapshot.record
         if snapshot.processed:
             log.info("reply %s was applied before; this copy is dropped", reply.message_id)

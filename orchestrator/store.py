@@ -8,7 +8,7 @@ the messages to publish (outbox) commit together or not at all.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -210,8 +210,18 @@ class UnitOfWork(Protocol):
 class Store(Protocol):
     """Durable saga state, history, outbox and dedupe records."""
 
-    async def snapshot(self, saga_id: str, *, inbox: tuple[str, str]) -> Snapshot:
-        """The saga and whether ``inbox`` (consumer, message id) was handled, in one read."""
+    async def snapshot(
+        self,
+        saga_id: str,
+        *,
+        inbox: tuple[str, str],
+        expects: Callable[[SagaState], bool] | None = None,
+    ) -> Snapshot:
+        """The saga and whether ``inbox`` (consumer, message id) was handled, in one read.
+
+        A store may answer from what it remembers of a saga it wrote last; ``expects`` says
+        what the caller's message needs of the saga, and a remembered saga that does not
+        meet it is read again (another process has most likely moved it)."""
         ...
 
     async def apply(self, transition: Transition) -> list[int] | None:

@@ -17,13 +17,37 @@ from orchestrator.core.state import (
     ErrorInfo,
     HistoryType,
     Kind,
+    SagaState,
     SagaStatus,
     StepState,
     StepStatus,
 )
 from orchestrator.definitions.model import TIMEOUT_CODE, OnFailure
 
-__all__ = ["ReplyMoves"]
+__all__ = ["ReplyMoves", "expects_reply"]
+
+
+def expects_reply(state: SagaState, step: str, kind: Kind, attempt: int) -> bool:
+    """True when ``state`` has ``kind`` of ``step`` in flight, sent at least ``attempt``
+    times: a reply to it would move the saga.
+
+    A process that remembers how it left a saga decides a reply on that memory only if the
+    remembered saga expects the reply; otherwise another process has most likely moved the
+    saga since (it sent the command this reply answers), and reading it is cheaper than a
+    write refused for its stale version. Only a guess either way: the write is checked."""
+    found = state.step(step)
+    if found is None:
+        return False
+    current = found[1]
+    if kind is Kind.ACTION:
+        return current.status is StepStatus.RUNNING and 1 <= attempt <= current.attempts
+    compensation = current.compensation
+    return (
+        current.status is StepStatus.COMPENSATING
+        and compensation is not None
+        and compensation.status is CompensationStatus.RUNNING
+        and 1 <= attempt <= compensation.attempts
+    )
 
 
 class ReplyMoves(Run):

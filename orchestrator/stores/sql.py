@@ -11,7 +11,7 @@ database by its URL with the password masked.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager, suppress
 from datetime import datetime
 from typing import Any, TypeVar
@@ -20,7 +20,7 @@ import sqlalchemy as sa
 import sqlalchemy.exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from orchestrator.core.state import SagaStatus
+from orchestrator.core.state import SagaState, SagaStatus
 from orchestrator.store import (
     HistoryEntry,
     NewSaga,
@@ -182,13 +182,22 @@ class SqlStore:
                 for saga_id in unit.touched():  # moved here: what this process remembers is old
                     self._recent.forget(saga_id)
 
-    async def snapshot(self, saga_id: str, *, inbox: tuple[str, str]) -> Snapshot:
+    async def snapshot(
+        self,
+        saga_id: str,
+        *,
+        inbox: tuple[str, str],
+        expects: Callable[[SagaState], bool] | None = None,
+    ) -> Snapshot:
         """The saga and whether ``inbox`` (consumer, message id) was handled, in one read;
         from memory when this process wrote the saga last (see
-        :class:`~orchestrator.stores.recent.RecentSagas`)."""
+        :class:`~orchestrator.stores.recent.RecentSagas`) and it meets ``expects``."""
         remembered = self._recent.get(saga_id)
         if remembered is not None:
-            return remembered
+            assert remembered.record is not None
+            if expects is None or expects(remembered.record.state):
+                return remembered
+            self._recent.forget(saga_id)
         consumer, message_id = inbox
         if not self._sqlite:
             params = {"saga_id": saga_id, "consumer": consumer, "message_id": message_id}

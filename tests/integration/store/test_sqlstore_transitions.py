@@ -315,3 +315,42 @@ async def test_what_is_remembered_is_only_a_guess(postgres_store: SqlStore) -> N
     reread = await postgres_store.snapshot(state.saga_id, inbox=(CONSUMER, mine))
     assert reread.processed  # the refusal sent the next read to the database
     assert [e.seq for e in await postgres_store.history(state.saga_id)] == [1, 2, 3, 4, 5]
+
+
+async def test_a_remembered_saga_that_does_not_expect_the_message_is_read_again(
+    postgres_store: SqlStore,
+) -> None:
+    state = await _stored(postgres_store)
+    first = new_id()
+    read = await postgres_store.snapshot(state.saga_id, inbox=(CONSUMER, first))
+    assert await postgres_store.apply(_reserved(read, first)) is not None
+
+    # Another process moves the saga on; this one's memory is stale.
+    other = new_id()
+    elsewhere = _elsewhere(postgres_store)
+    their_read = await elsewhere.snapshot(state.saga_id, inbox=(CONSUMER, other))
+    assert their_read.record is not None
+    assert await elsewhere.apply(replace(_reserved(their_read, other), history=[])) is not None
+
+    mine = new_id()
+    seen: list[int] = []
+
+    def expects(saga: SagaState) -> bool:
+        seen.append(len(seen))
+        return False
+
+    with statements(postgres_store.engine) as log:
+        fresh = await postgres_store.snapshot(
+            state.saga_id, inbox=(CONSUMER, mine), expects=expects
+        )
+    assert seen == [0]  # asked once, of the remembered saga
+    assert len(log.statements) == 1  # and then read
+    assert fresh.record is not None
+    assert fresh.record.version == 3
+    # Expecting it or not, what was read is not remembered: the next ask reads too.
+    with statements(postgres_store.engine) as log:
+        again = await postgres_store.snapshot(
+            state.saga_id, inbox=(CONSUMER, mine), expects=lambda saga: True
+        )
+    assert len(log.statements) == 1
+    assert again == fresh
