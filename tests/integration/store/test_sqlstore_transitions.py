@@ -33,6 +33,15 @@ async def _stored(store: SqlStore) -> SagaState:
     return state
 
 
+async def _reserved_here(store: SqlStore) -> SagaState:
+    """A stored saga whose first reply this store applied: it remembers the saga."""
+    state = await _stored(store)
+    first = new_id()
+    read = await store.snapshot(state.saga_id, inbox=(CONSUMER, first))
+    assert await store.apply(_reserved(read, first)) is not None
+    return state
+
+
 def _reserved(snapshot: Snapshot, message_id: str, *, minutes: int = 1) -> Transition:
     """Step reserve succeeded: one step changes, two events, one command to send."""
     assert snapshot.record is not None
@@ -244,10 +253,7 @@ async def test_sqlite_creates_through_the_general_path(migrated_store: SqlStore)
 async def test_the_next_reply_to_a_saga_written_here_is_one_statement(
     postgres_store: SqlStore,
 ) -> None:
-    state = await _stored(postgres_store)
-    first = new_id()
-    read = await postgres_store.snapshot(state.saga_id, inbox=(CONSUMER, first))
-    assert await postgres_store.apply(_reserved(read, first)) is not None
+    state = await _reserved_here(postgres_store)
 
     second = new_id()
     with statements(postgres_store.engine) as log:
@@ -274,10 +280,7 @@ async def test_the_next_reply_to_a_saga_written_here_is_one_statement(
 
 
 async def test_what_is_remembered_is_only_a_guess(postgres_store: SqlStore) -> None:
-    state = await _stored(postgres_store)
-    first = new_id()
-    read = await postgres_store.snapshot(state.saga_id, inbox=(CONSUMER, first))
-    assert await postgres_store.apply(_reserved(read, first)) is not None
+    state = await _reserved_here(postgres_store)
 
     # Another process moves the saga: what this one remembers is stale, and refused.
     other, mine = new_id(), new_id()
@@ -320,10 +323,7 @@ async def test_what_is_remembered_is_only_a_guess(postgres_store: SqlStore) -> N
 async def test_a_remembered_saga_that_does_not_expect_the_message_is_read_again(
     postgres_store: SqlStore,
 ) -> None:
-    state = await _stored(postgres_store)
-    first = new_id()
-    read = await postgres_store.snapshot(state.saga_id, inbox=(CONSUMER, first))
-    assert await postgres_store.apply(_reserved(read, first)) is not None
+    state = await _reserved_here(postgres_store)
 
     # Another process moves the saga on; this one's memory is stale.
     other = new_id()
