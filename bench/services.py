@@ -10,7 +10,6 @@ import json
 import os
 import re
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -40,7 +39,8 @@ class Endpoints:
         return f"{self.postgres_base}/postgres"
 
 
-RUN_LOCK = Path(tempfile.gettempdir()) / "saga-bench.lock"
+RUN_LOCK = Path("/tmp/saga-bench.lock")
+"""One path for every shell (not the temporary folder, which ``TMPDIR`` may move)."""
 
 
 @contextlib.contextmanager

@@ -28,13 +28,15 @@ __all__ = ["ReplyMoves", "expects_reply"]
 
 
 def expects_reply(state: SagaState, step: str, kind: Kind, attempt: int) -> bool:
-    """True when ``state`` has ``kind`` of ``step`` in flight, sent at least ``attempt``
-    times: a reply to it would move the saga.
+    """True when ``state`` has ``kind`` of ``step`` in flight and has sent it at least
+    ``attempt`` times: the saga, as given, is waiting for such a reply.
 
     A process that remembers how it left a saga decides a reply on that memory only if the
-    remembered saga expects the reply; otherwise another process has most likely moved the
-    saga since (it sent the command this reply answers), and reading it is cheaper than a
-    write refused for its stale version. Only a guess either way: the write is checked."""
+    remembered saga waits for it; otherwise another process has most likely moved the saga
+    since (it sent the command this reply answers), and reading it is cheaper than a write
+    refused for its stale version. A guess either way, and a coarse one (keys and late
+    replies are the state machine's to judge): a wrong "no" costs a read, a wrong "yes" a
+    refused write and then a read, since the write is checked against the saga's version."""
     found = state.step(step)
     if found is None:
         return False
